@@ -72,6 +72,8 @@ class DataConfig(Spec):
     """A local SuperNI checkout (tasks/, splits/); default: $ITSTUDY_SUPERNI_DIR, else download into cache_dir."""
     superni_commit: str = SUPERNI_COMMIT
     """The SuperNI GitHub commit that downloads read."""
+    superni_url: str = "https://raw.githubusercontent.com/allenai/natural-instructions"
+    """Where downloads read raw files, as <url>/<commit>/tasks/<task>.json (a mirror may replace GitHub)."""
     cache_dir: Path | None = None
     """Download cache; default: $ITSTUDY_CACHE or ~/.cache/itstudy."""
     split: str = "default"
@@ -86,6 +88,8 @@ class DataConfig(Spec):
     """Keep only training tasks of this kind."""
     categories: list[str] | None = None
     """Keep only tasks whose first category is listed (SuperNI spelling)."""
+    languages: list[str] | None = None
+    """Keep only tasks whose input, output and instruction languages are all listed (e.g. [English])."""
     max_train_tasks: int | None = Field(None, ge=1)
     """Use only the first N training tasks in sorted order (the 'task diversity' factor)."""
     instances_per_task: int = Field(100, ge=1)
@@ -112,11 +116,20 @@ class VariantConfig(Spec):
     num_examples: int = Field(2, ge=0)
     """Positive examples shown (Tk-Instruct: 2)."""
     delusive_strategy: Literal["permute", "other_label", "random_label"] = "other_label"
-    """permute: rotate outputs among shown examples; other_label: a different label of the task; random_label: uniform label (Min et al. 2022)."""
+    """permute: a random derangement of outputs among shown examples; other_label: a different label of the task; random_label: uniform label (Min et al. 2022)."""
     simplified_template: str = "Output one of the following: {labels}."
     """The simplified definition; {labels} is the task's label list joined by ', '."""
     num_negative_examples: int = Field(0, ge=0)
     """Negative examples shown (Tk-Instruct: 0)."""
+
+    @field_validator("simplified_template")
+    @classmethod
+    def _template_names_labels(cls, value: str) -> str:
+        if value.count("{labels}") != 1 or value.replace("{labels}", "").count("{"):
+            raise ValueError("simplified_template must contain '{labels}' exactly once and no other {field}")
+        return value
+    apply_to_test: bool = True
+    """Test prompts show the altered instruction too (train and test alike); false: test prompts keep the original instruction."""
 
     @property
     def name(self) -> str:
@@ -178,6 +191,8 @@ class TrainConfig(Spec):
     """Evaluate and checkpoint every N steps; null: only at the end."""
     checkpoints_to_keep: int = Field(2, ge=1)
     """Checkpoints Ray keeps per run."""
+    max_failures: int = Field(1, ge=0)
+    """Restarts of the workers from the last checkpoint after a failure (Ray Train FailureConfig)."""
     log_every_steps: int = Field(10, ge=1)
     """Steps between training-metric logs."""
     fail_at_step: int | None = Field(None, ge=1)
@@ -232,7 +247,7 @@ class SearchConfig(Spec):
     """Whether the metric is maximised or minimised."""
 
 
-BASELINES = ("random", "majority", "copy_demo", "untuned")
+BASELINES = ("random", "majority", "majority_oracle", "copy_demo", "untuned")
 
 
 class TrackingConfig(Spec):
@@ -264,7 +279,7 @@ class Study(Spec):
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
-    baselines: list[Literal["random", "majority", "copy_demo", "untuned"]] = ["random", "majority"]
+    baselines: list[Literal["random", "majority", "majority_oracle", "copy_demo", "untuned"]] = ["random", "majority"]
     """Baselines run next to the trials, once per test-task set and seed."""
     grid: dict[str, list[Any]] = {}
     """Dotted key -> values; the sweep runs the product, e.g. {'variant.definition': [original, simplified], 'seed': [1, 2]}."""

@@ -1,0 +1,239 @@
+"""Which tasks and instances a run uses: `load_study_data` is the one call training and baselines make.
+
+Tasks come from the split lists (`splits/<split>/{train,test}_tasks.txt`) or from explicit lists,
+then pass the filters (category, language, classification or generation), and training tasks are
+cut to `max_train_tasks` in sorted order. Split-listed tasks that the source lacks are dropped
+with a note (the SuperNI sample lists 119 test tasks and holds 101); explicitly named tasks that
+it lacks are refused. Training and test tasks must be disjoint.
+
+Instances are chosen the way SuperNI does it:
+- a test task takes its first N instances (SuperNI put its label-balanced evaluation set first);
+- a training task's instances are shuffled with an RNG derived from (seed, task name), then cut
+  to N. So the same seed gives the same instances, adding or removing other tasks changes nothing,
+  and a larger N extends a smaller N's sample (prefix property): a data-size sweep over
+  10, 20, ..., 800 instances per task trains each size on a superset of the smaller sizes.
+A task with fewer instances than asked is used whole with a note (`on_short_task: cap`) or
+refused (`refuse`).
+
+Classification rules (registry `CLASSIFICATION_RULES`, keyed by `ClassificationRule.name`):
+- `labels_in_definition` (default): over the first `over_instances` instances the outputs take at
+  most `max_labels` distinct normalised values, and every such value occurs in the normalised
+  definition (as a substring). This reproduces `is_classification` of the SuperNI sample's
+  MANIFEST.tsv. A task whose sample shows one label only also counts, as it does there.
+- `few_labels`: the count alone.
+The label space keeps, for each normalised label, the most frequent spelling among the outputs,
+stripped of whitespace and of trailing sentence punctuation ("Yes." -> "Yes"): exact match
+normalises punctuation away anyway, and the labels then read naturally in a simplified
+definition ("Output one of the following: Yes, No."). Labels are ordered by normalised form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Callable, Literal
+
+from itstudy.config import ClassificationRule, DataConfig
+from itstudy.data.sources import TaskSource, UnknownTaskError, make_source
+from itstudy.data.task import Instance, LabelSpace, Task
+from itstudy.metrics import normalize_answer
+
+_TRAILING_PUNCTUATION = ".!?;:,"
+
+
+class SelectionError(ValueError):
+    """The configured selection cannot be made; the message names the setting and the tasks."""
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """The tasks of one run: training tasks hold their sampled instances, test tasks their first N."""
+
+    train: tuple[Task, ...]
+    test: tuple[Task, ...]
+    digest: str
+    """sha256 over task names, instruction texts, instance ids and contents: same selection, same digest."""
+    notes: tuple[str, ...]
+    """What the selection dropped or capped, to log with the run."""
+    source: str
+    """Where the task files came from (`TaskSource.description`)."""
+
+
+# --- classification rules -------------------------------------------------------------------------
+
+
+def _normalised_outputs(task: Task, rule: ClassificationRule) -> list[str]:
+    return [normalize_answer(output) for instance in task.instances[: rule.over_instances] for output in instance.outputs]
+
+
+def _few_labels(task: Task, rule: ClassificationRule) -> bool:
+    return len(set(_normalised_outputs(task, rule))) <= rule.max_labels
+
+
+def _labels_in_definition(task: Task, rule: ClassificationRule) -> bool:
+    definition = normalize_answer(task.definition)
+    return _few_labels(task, rule) and all(label in definition for label in set(_normalised_outputs(task, rule)))
+
+
+CLASSIFICATION_RULES: dict[str, Callable[[Task, ClassificationRule], bool]] = {
+    "labels_in_definition": _labels_in_definition,
+    "few_labels": _few_labels,
+}
+"""Rule name -> whether a task is a classification task under that rule (see the module docstring)."""
+
+
+def label_space(task: Task, rule: ClassificationRule) -> LabelSpace | None:
+    """The task's labels under `rule`, or None if the rule does not count it as classification."""
+    if not CLASSIFICATION_RULES[rule.name](task, rule):
+        return None
+    spellings: dict[str, Counter] = {}
+    for instance in task.instances[: rule.over_instances]:
+        for output in instance.outputs:
+            spellings.setdefault(normalize_answer(output), Counter())[_surface(output)] += 1
+    # most_common keeps first-seen order among ties, so the choice is stable.
+    labels = tuple(spellings[label].most_common(1)[0][0] for label in sorted(spellings))
+    looked_at = min(rule.over_instances, len(task.instances))
+    return LabelSpace(labels, source=f"rule:{rule.name}(max_labels={rule.max_labels}) over the first {looked_at} instances")
+
+
+def _surface(output: str) -> str:
+    stripped = output.strip()
+    return stripped.rstrip(_TRAILING_PUNCTUATION).rstrip() or stripped
+
+
+# --- instance selection ---------------------------------------------------------------------------
+
+
+def task_rng(seed: int, task_name: str) -> random.Random:
+    """An RNG that depends only on (seed, task name), so other tasks never shift a task's sample."""
+    digest = hashlib.sha256(f"{seed}\x00{task_name}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def sample_training_instances(task: Task, n: int, seed: int) -> tuple[Instance, ...]:
+    """The task's instances shuffled by `task_rng(seed, task.name)`, then the first n (all if fewer)."""
+    instances = list(task.instances)
+    task_rng(seed, task.name).shuffle(instances)
+    return tuple(instances[:n])
+
+
+def evaluation_instances(task: Task, n: int) -> tuple[Instance, ...]:
+    """The task's first n instances (SuperNI's label-balanced evaluation set)."""
+    return task.instances[:n]
+
+
+# --- the study's data -----------------------------------------------------------------------------
+
+
+def load_study_data(data: DataConfig, seed: int, source: TaskSource | None = None) -> StudyData:
+    """Select, load and sample the training and test tasks that `data` describes.
+
+    `source` replaces the source that `data` names (for notebooks and tests). Errors are raised
+    here, before a run takes any resources: unknown named tasks, overlap, short tasks under
+    `on_short_task: refuse`, filters that leave nothing, and malformed task files.
+    """
+    source = source or make_source(data)
+    notes: list[str] = []
+    test_names, train_names = _names(source, data, "test"), _names(source, data, "train")
+    overlap = sorted(set(test_names) & set(train_names))
+    if overlap:
+        raise SelectionError(
+            f"data.train_tasks and data.test_tasks overlap in {len(overlap)} tasks ({', '.join(overlap[:5])}); "
+            f"a test task must be unseen in training"
+        )
+    test = _load_kept(source, test_names, data, "test", notes, limit=None)
+    train = _load_kept(source, train_names, data, "train", notes, limit=data.max_train_tasks)
+    n_test, n_train = data.test_instances_per_task, data.instances_per_task
+    test = _take_instances(test, lambda task: evaluation_instances(task, n_test), n_test, data, notes, "test")
+    train = _take_instances(train, lambda task: sample_training_instances(task, n_train, seed), n_train, data, notes, "train")
+    return StudyData(train=train, test=test, digest=selection_digest(train, test), notes=tuple(notes), source=source.description)
+
+
+def _explicit(data: DataConfig, which: str) -> list[str] | None:
+    return data.train_tasks if which == "train" else data.test_tasks
+
+
+def _names(source: TaskSource, data: DataConfig, which: Literal["train", "test"]) -> list[str]:
+    names = _explicit(data, which)
+    return sorted(set(names if names is not None else source.task_names(which, data.split)))
+
+
+def _load_kept(
+    source: TaskSource, names: list[str], data: DataConfig, which: str, notes: list[str], limit: int | None
+) -> tuple[Task, ...]:
+    """Load tasks in sorted order, keep those that pass the filters, stop after `limit` kept."""
+    kept, missing, filtered = [], [], 0
+    for name in names:
+        if limit is not None and len(kept) == limit:
+            break
+        try:
+            task = source.load_task(name)
+        except UnknownTaskError:
+            if _explicit(data, which) is not None:
+                raise  # a task the user named must exist
+            missing.append(name)
+            continue
+        task = replace(task, label_space=label_space(task, data.classification))
+        if _passes_filters(task, data, which):
+            kept.append(task)
+        else:
+            filtered += 1
+    if missing:
+        notes.append(f"{which}: {len(missing)} tasks listed in split '{data.split}' are not in {source.description}; skipped: {_listing(missing)}")
+    if filtered:
+        notes.append(f"{which}: {filtered} tasks removed by data.{which}_task_kind, data.categories or data.languages")
+    if not kept:
+        raise SelectionError(
+            f"no {which} tasks left in {source.description}: {len(names)} named, {len(missing)} missing, "
+            f"{filtered} removed by data.{which}_task_kind, data.categories or data.languages"
+        )
+    return tuple(kept)
+
+
+def _passes_filters(task: Task, data: DataConfig, which: str) -> bool:
+    kind = data.train_task_kind if which == "train" else data.test_task_kind
+    if kind != "all" and (kind == "classification") != task.is_classification:
+        return False
+    if data.categories is not None and (not task.categories or task.categories[0] not in data.categories):
+        return False
+    languages = task.input_language + task.output_language + task.instruction_language
+    return data.languages is None or all(language in data.languages for language in languages)
+
+
+def _take_instances(
+    tasks: tuple[Task, ...], choose: Callable[[Task], tuple[Instance, ...]], asked: int,
+    data: DataConfig, notes: list[str], which: str,
+) -> tuple[Task, ...]:
+    chosen = {task.name: choose(task) for task in tasks}
+    short = [f"{task.name} ({len(chosen[task.name])})" for task in tasks if len(chosen[task.name]) < asked]
+    if short and data.on_short_task == "refuse":
+        raise SelectionError(
+            f"data.on_short_task=refuse: {len(short)} {which} tasks have fewer than the {asked} instances asked: "
+            f"{', '.join(short)}; set data.on_short_task=cap to use all they have"
+        )
+    if short:
+        notes.append(f"{which}: {len(short)} tasks have fewer than {asked} instances and are used whole: {_listing(short)}")
+    return tuple(replace(task, instances=chosen[task.name]) for task in tasks)
+
+
+def _listing(names: list[str], most: int = 30) -> str:
+    # Notes go to logs and MLflow: 30 names say what happened; 700 would bury it.
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def selection_digest(train: tuple[Task, ...], test: tuple[Task, ...]) -> str:
+    """sha256 over what a run sees of each task: name, instruction, instance ids, inputs and outputs."""
+    def summary(task: Task) -> list:
+        return [
+            task.name,
+            task.definition,
+            [[e.input, e.output, e.explanation] for e in task.positive_examples + task.negative_examples],
+            [[i.id, i.input, list(i.outputs)] for i in task.instances],
+        ]
+
+    payload = {"train": [summary(t) for t in train], "test": [summary(t) for t in test]}
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()

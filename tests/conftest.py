@@ -1,0 +1,49 @@
+"""Shared fixtures. Real data is reached through the environment variables that `make test` and
+`.ci/run` set (ITSTUDY_SUPERNI_DIR, ITSTUDY_T5_TOKENIZER); tests that need it skip with a reason."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _env_dir(variable: str, must_contain: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set (make test sets it to ../shared)")
+    path = Path(value)
+    if not (path / must_contain).exists():
+        pytest.skip(f"{variable}={path} has no {must_contain}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def superni_dir() -> Path:
+    """The real SuperNI sample (tasks/, splits/)."""
+    return _env_dir("ITSTUDY_SUPERNI_DIR", "tasks")
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer_dir() -> Path:
+    """A folder holding the real T5 spiece.model."""
+    return _env_dir("ITSTUDY_T5_TOKENIZER", "spiece.model")
+
+
+@pytest.fixture(scope="session")
+def t5_tokenizer(t5_tokenizer_dir):
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(t5_tokenizer_dir))
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """Every test writes its MLflow store, Ray results and caches under its own tmp folder."""
+    home = tmp_path / "itstudy-home"
+    monkeypatch.setenv("ITSTUDY_HOME", str(home))
+    monkeypatch.setenv("ITSTUDY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home

@@ -1,0 +1,104 @@
+"""The synthetic suite: deterministic, diverse, balanced, and only solvable by reading the definition."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from itstudy.config import ClassificationRule, SyntheticConfig
+from itstudy.data.selection import label_space
+from itstudy.data.sources import LocalFolderSource
+from itstudy.data.synthetic import FAMILIES, SyntheticError, counterfactual_pairs, write_synthetic_suite
+from itstudy.metrics import normalize_answer
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Path:
+    return write_synthetic_suite(tmp_path_factory.mktemp("suite"), SyntheticConfig(seed=0, instances_per_task=200))
+
+
+@pytest.fixture(scope="module")
+def tasks(suite):
+    source = LocalFolderSource(suite, description="synthetic suite")
+    return {name: source.load_task(name) for which in ("train", "test") for name in source.task_names(which, "default")}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _family(folder: Path, name: str) -> str:
+    return json.loads((folder / "tasks" / f"{name}.json").read_text())["_synthetic"]["family"]
+
+
+def test_same_seed_writes_identical_bytes_and_another_seed_does_not(suite, tmp_path):
+    again = write_synthetic_suite(tmp_path / "again", SyntheticConfig(seed=0, instances_per_task=200))
+    assert _files(again) == _files(suite)
+    other = _files(write_synthetic_suite(tmp_path / "other", SyntheticConfig(seed=1, instances_per_task=200)))
+    assert other.keys() == _files(suite).keys()
+    assert other["tasks/synth_numbers_parity.json"] != _files(suite)["tasks/synth_numbers_parity.json"]
+
+
+def test_at_least_20_tasks_in_at_least_5_families_with_disjoint_train_and_test_families(suite, tasks):
+    train = (suite / "splits" / "default" / "train_tasks.txt").read_text().split()
+    test = (suite / "splits" / "default" / "test_tasks.txt").read_text().split()
+    assert len(train) + len(test) == len(tasks) >= 20
+    train_families = {_family(suite, name) for name in train}
+    test_families = {_family(suite, name) for name in test}
+    assert len(train_families | test_families) >= 5
+    assert not train_families & test_families and test_families
+    assert {family.name for family in FAMILIES} == train_families | test_families
+
+
+def test_every_task_is_classification_with_its_labels_named_in_the_definition(tasks):
+    for name, task in tasks.items():
+        space = label_space(task, ClassificationRule())
+        assert space is not None, name
+        assert 2 <= len(space.labels) <= 4
+        assert all(len(label.split()) == 1 for label in space.labels), "outputs are single words"
+        shown = {normalize_answer(example.output) for example in task.positive_examples}
+        assert shown == {normalize_answer(label) for label in space.labels}, "one demonstration per label"
+        assert task.negative_examples and all(e.explanation for e in task.positive_examples + task.negative_examples)
+        assert len({i.input for i in task.instances}) == len(task.instances) == 200
+        demos = {e.input for e in task.positive_examples + task.negative_examples}
+        assert not demos & {i.input for i in task.instances}, "demonstrations never reappear as instances"
+
+
+def test_first_100_instances_of_test_tasks_are_label_balanced(suite, tasks):
+    for name in (suite / "splits" / "default" / "test_tasks.txt").read_text().split():
+        counts = Counter(i.outputs[0] for i in tasks[name].instances[:100])
+        assert max(counts.values()) - min(counts.values()) <= 2, (name, counts)
+
+
+def test_counterfactual_pairs_share_inputs_and_disagree_on_most(tasks):
+    pairs = counterfactual_pairs()
+    assert len(pairs) >= 5
+    assert ("synth_numbers_is_even", "synth_numbers_is_greater_than_5000") in pairs
+    for first, second in pairs:
+        a, b = tasks[first], tasks[second]
+        assert [i.input for i in a.instances] == [i.input for i in b.instances]
+        assert [e.input for e in a.positive_examples] == [e.input for e in b.positive_examples]
+        assert a.definition != b.definition
+        disagree = sum(x.outputs != y.outputs for x, y in zip(a.instances, b.instances)) / len(a.instances)
+        assert disagree > 0.6, (first, second, disagree)
+        # A model that ignores the definition answers both tasks alike, so it is wrong on one of
+        # them for every disagreeing input; and no label is frequent enough to guess constantly.
+        for task in (a, b):
+            counts = Counter(i.outputs[0] for i in task.instances)
+            assert max(counts.values()) / len(task.instances) <= 0.6, (task.name, counts)
+
+
+def test_labels_follow_the_stated_rule(tasks):
+    for instance in tasks["synth_numbers_is_even"].instances:
+        assert instance.outputs == ("yes" if int(instance.input) % 2 == 0 else "no",)
+    for instance in tasks["synth_comparison_smaller"].instances:
+        first, second = (int(part.split(": ")[1]) for part in instance.input.split(", "))
+        assert instance.outputs == ("first" if first < second else "second",)
+
+
+def test_asking_for_more_instances_than_a_family_has_is_refused(tmp_path):
+    with pytest.raises(SyntheticError, match="synthetic family 'sentiment' .* lower data.synthetic.instances_per_task"):
+        write_synthetic_suite(tmp_path / "huge", SyntheticConfig(instances_per_task=5000))
