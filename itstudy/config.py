@@ -360,9 +360,18 @@ def study_from_dict(raw: dict, origin: str = "<dict>") -> Study:
         raise ConfigError(_format_errors(error, origin)) from None
 
 
-def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
-    """Read an experiment YAML file, apply `KEY=VALUE` overrides, validate."""
-    path = Path(path)
+def load_study(path: str | Path | None, overrides: list[str] = ()) -> Study:
+    """Read an experiment YAML file (None: the built-in defaults), apply `KEY=VALUE` overrides, validate."""
+    raw = _read_experiment_file(Path(path)) if path is not None else {}
+    full = Study.model_construct().model_dump()  # defaults, so overrides can name any field
+    merged = _deep_merge(full, raw)
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply_override(merged, key, value, origin=f"override '{text}'")
+    return study_from_dict(merged, origin=str(path) if path is not None else "defaults")
+
+
+def _read_experiment_file(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
     try:
@@ -371,12 +380,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-    full = Study.model_construct().model_dump()  # defaults, so overrides can name any field
-    merged = _deep_merge(full, raw)
-    for text in overrides:
-        key, value = parse_override(text)
-        _apply_override(merged, key, value, origin=f"override '{text}'")
-    return study_from_dict(merged, origin=str(path))
+    return raw
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

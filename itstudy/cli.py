@@ -1,0 +1,122 @@
+"""`itstudy` command line: parses arguments and calls one function per command.
+
+    itstudy run      experiments/demo.yaml [KEY=VALUE ...]   a whole study: trials x baselines, in MLflow
+    itstudy train    experiments/train_tiny.yaml [KEY=VALUE ...]   one training run on Ray Train
+    itstudy baseline random majority --experiment FILE [--seeds 1 2 3] [KEY=VALUE ...]
+    itstudy bench    train --shape t5-small ...
+    itstudy report   experiments/demo.yaml | STUDY_NAME
+    itstudy ui       experiments/demo.yaml | STUDY_NAME
+
+Imports happen inside each command so that `itstudy --help` and config errors are instant,
+and a bad spec is refused before Ray or MLflow start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from itstudy.config import ConfigError, load_study
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from itstudy.sweep import run_sweep
+
+    run_sweep(load_study(args.experiment, args.overrides), experiment_file=Path(args.experiment))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from itstudy.training.runner import train_command
+
+    train_command(load_study(args.experiment, args.overrides))
+
+
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from itstudy.baseline_run import baseline_command
+
+    baseline_command(load_study(args.experiment, args.overrides), names=args.names, seeds=args.seeds)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from itstudy.training.bench import bench_command
+
+    bench_command(args.bench_args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from dashboards.report import build_report
+
+    print(build_report(args.study, tracking_uri=args.tracking_uri, out_dir=args.out))
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from itstudy.ui import ui_command
+
+    ui_command(args.study, port=args.port, host=args.host)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="itstudy", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    overrides_help = "config overrides, e.g. train.learning_rate=1e-4 data.instances_per_task=10"
+
+    run = commands.add_parser("run", help="run a whole study (sweep + baselines); rerun to resume")
+    run.add_argument("experiment", help="experiment YAML file")
+    run.add_argument("overrides", nargs="*", help=overrides_help)
+    run.set_defaults(func=cmd_run)
+
+    train = commands.add_parser("train", help="run one training run on Ray Train")
+    train.add_argument("experiment", help="experiment YAML file")
+    train.add_argument("overrides", nargs="*", help=overrides_help)
+    train.set_defaults(func=cmd_train)
+
+    baseline = commands.add_parser("baseline", help="run model-free baselines on the test tasks")
+    baseline.add_argument("names", nargs="+", choices=["random", "majority", "majority_oracle", "copy_demo"])
+    baseline.add_argument("--experiment", "-e", help="experiment YAML file (default: built-in defaults)")
+    baseline.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    baseline.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help=overrides_help)
+    baseline.set_defaults(func=cmd_baseline)
+
+    bench = commands.add_parser("bench", help="benchmarks (itstudy bench train --help)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+
+    report = commands.add_parser("report", help="build the HTML report of a study from MLflow")
+    report.add_argument("study", help="experiment YAML file or study (MLflow experiment) name")
+    report.add_argument("--tracking-uri", default=None, help="default: the study's, else $MLFLOW_TRACKING_URI")
+    report.add_argument("--out", type=Path, default=None, help="output folder")
+    report.set_defaults(func=cmd_report)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the study's store (loopback)")
+    ui.add_argument("study", nargs="?", default=None, help="experiment YAML file or study name")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean 'your input is wrong': printed as one line, not a traceback."""
+    from itstudy.data.selection import SelectionError
+    from itstudy.data.sources import SourceError
+    from itstudy.data.superni import TaskFileError
+    from itstudy.data.synthetic import SyntheticError
+    from itstudy.variants import VariantError
+
+    return (ConfigError, TaskFileError, SourceError, SelectionError, SyntheticError, VariantError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except _input_errors() as error:
+        print(f"itstudy: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
