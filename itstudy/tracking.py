@@ -588,3 +588,23 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst_dir: str | 
         run_id=run_id, artifact_path=artifact_path, dst_path=str(dst_dir), tracking_uri=uri
     )
     return Path(local)
+
+
+# --- read side for reports (dashboards) ---------------------------------------------------------
+
+
+def run_dataset_digests(uri: str, experiment_name: str) -> dict[str, str]:
+    """run_id -> digest of the dataset the run logged (`log_dataset`), for runs that logged one.
+
+    A run logs one selection digest for training and evaluation alike (a baseline only for
+    evaluation), so the first digest found stands for the run's data.
+    """
+    experiment_id = experiment_id_of(uri, experiment_name)
+    if experiment_id is None:
+        raise TrackingError(f"no MLflow experiment {experiment_name!r} at {uri}")
+    digests = {}
+    for run in _search(uri, experiment_id, ""):
+        inputs = run.inputs.dataset_inputs if run.inputs else []
+        if inputs:
+            digests[run.info.run_id] = inputs[0].dataset.digest
+    return digests

@@ -1,0 +1,125 @@
+"""The report's figures as PNG bytes, drawn with matplotlib's object API on the Agg canvas.
+
+- data-size curve: the headline metric against training instances per task (log scale), one line
+  per trial condition with its 95% CI band; baselines that do not depend on the data size as
+  horizontal lines, the random baseline as a band;
+- per-task differences: a heat map of variant minus reference per test task and size;
+- verdicts: each paired difference with its 95% CI against the shaded equivalence margin.
+
+`matplotlib.figure.Figure` is used without pyplot, so no global backend or figure state is touched
+(safe in tests and servers). Functions take the analysis tables and return PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from dashboards.analysis import HEADLINE, METRIC_LABEL
+from dashboards.runs import BASELINE, TRIAL
+
+DPI = 110
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def curve_panels(table: pd.DataFrame) -> list[str]:
+    """Classification and generation panels where the study has such tasks, else one panel on all tasks."""
+    splits = [split for split in ("classification", "generation") if split in set(table["split"])]
+    return splits or ["all"]
+
+
+def data_size_curve(table: pd.DataFrame) -> bytes:
+    """Headline metric vs training instances per task, per split, from `analysis.paper_table`."""
+    panels = curve_panels(table)
+    figure = Figure(figsize=(6.0 * len(panels), 4.2))
+    for index, split in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        metric = HEADLINE[split]
+        rows = table[(table["split"] == split) & (table["metric"] == metric)]
+        _draw_trials(axes, rows[rows["kind"] == TRIAL])
+        _draw_baselines(axes, rows[rows["kind"] == BASELINE])
+        axes.set_xscale("log")
+        sizes = sorted(rows.loc[rows["kind"] == TRIAL, "size"].dropna().astype(int).unique())
+        if sizes:
+            axes.set_xticks(sizes, [str(size) for size in sizes])
+            axes.minorticks_off()
+        axes.set_xlabel("training instances per task")
+        axes.set_ylabel(f"{METRIC_LABEL[metric]} (%)")
+        axes.set_title(f"{split} tasks: mean and 95% CI over tasks and seeds", fontsize=10)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    return _png(figure)
+
+
+def _draw_trials(axes, rows: pd.DataFrame) -> None:
+    for condition, group in rows.groupby("condition", sort=False):
+        group = group.dropna(subset=["size", "mean"]).sort_values("size")
+        x = group["size"].astype(float).to_numpy()
+        (line,) = axes.plot(x, group["mean"], marker="o", label=condition)
+        axes.fill_between(x, group["ci_low"], group["ci_high"], color=line.get_color(), alpha=0.2)
+
+
+def _draw_baselines(axes, rows: pd.DataFrame) -> None:
+    for condition, group in rows.groupby("condition", sort=False):
+        group = group.dropna(subset=["mean"])
+        if group.empty:
+            continue
+        if group["size"].notna().any():  # a baseline that depends on the data size is a dotted line
+            group = group.sort_values("size")
+            axes.plot(group["size"].astype(float), group["mean"], ls=":", marker="x", color="0.4", label=condition)
+            continue
+        row = group.iloc[0]
+        if condition == "random":
+            axes.axhspan(row["ci_low"], row["ci_high"], color="0.5", alpha=0.25, label="random (95% CI)")
+            axes.axhline(row["mean"], color="0.3", lw=1)
+        else:
+            axes.axhline(row["mean"], color="0.4", ls="--", lw=1, label=condition)
+            axes.annotate(condition, (1, row["mean"]), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                          fontsize=7, color="0.3")
+
+
+def task_heatmap(differences: pd.DataFrame) -> bytes:
+    """Per-task variant minus reference (rows sorted by mean difference), from `analysis.task_differences`."""
+    values = differences.drop(columns="metric")
+    data = values.to_numpy(dtype=float)
+    limit = max(float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0, 1.0)
+    figure = Figure(figsize=(2.0 + 1.3 * values.shape[1], 1.6 + 0.28 * values.shape[0]))
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(data, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    axes.set_xticks(range(values.shape[1]), values.columns, rotation=30, ha="right", fontsize=8)
+    labels = [f"{task} ({metric})" for task, metric in zip(values.index, differences["metric"])]
+    axes.set_yticks(range(values.shape[0]), labels, fontsize=7)
+    if data.size <= 400:
+        for (row, column), value in np.ndenumerate(data):
+            if np.isfinite(value):
+                color = "white" if abs(value) > 0.6 * limit else "black"
+                axes.text(column, row, f"{value:+.0f}", ha="center", va="center", fontsize=6, color=color)
+    figure.colorbar(image, ax=axes, label="difference from the reference (points)")
+    axes.set_title("Per-task difference from the reference variant (mean over seeds)", fontsize=10)
+    return _png(figure)
+
+
+def verdict_plot(verdicts: pd.DataFrame, split: str, margin: float) -> bytes:
+    """Each paired difference on `split` (the headline one) with its 95% CI, the ±margin band shaded."""
+    rows = verdicts[verdicts["split"] == split].dropna(subset=["difference"]).iloc[::-1]
+    figure = Figure(figsize=(7.5, 1.2 + 0.32 * max(len(rows), 1)))
+    axes = figure.add_subplot(1, 1, 1)
+    y = np.arange(len(rows))
+    errors = [rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]]
+    axes.errorbar(rows["difference"], y, xerr=errors, fmt="o", color="black", capsize=3)
+    axes.axvspan(-margin, margin, color="tab:green", alpha=0.15, label=f"equivalence margin ±{margin:g}")
+    axes.axvline(0, color="0.4", lw=1)
+    labels = [f"{r.candidate} − {r.reference} @ n={r.size} ({METRIC_LABEL[r.metric]})" for r in rows.itertuples()]
+    axes.set_yticks(y, labels, fontsize=7)
+    axes.set_xlabel("paired difference (points), 95% CI over tasks and seeds")
+    axes.legend(fontsize=7, loc="lower right")
+    axes.grid(axis="x", alpha=0.3)
+    return _png(figure)

@@ -1,0 +1,209 @@
+"""`itstudy report`: a study's answer, built from its runs in MLflow alone.
+
+    path = build_report("experiments/demo.yaml")      # or a study name; prints nothing, returns report.html
+
+Writes into one folder (default `$ITSTUDY_HOME/reports/<experiment>/`):
+- `report.html`, self-contained (figures embedded as base64 PNG): the answer in sentences, the
+  verdict table, the paper-style table per task split, the data-size curve, the per-task
+  differences, provenance (experiment file, code version, data digests, model, runs, failures);
+- the figures as PNG files and the tables as CSV files (`paper_table.csv`, `verdicts.csv`,
+  `task_differences.csv`, `runs.csv`);
+and logs the folder as the `report/` artifacts of the sweep's parent run.
+
+Failed, missing and duplicated runs are reported in the report, never raised; a study without a
+single finished run still gets a report that says so. Refuses (ReportError, one line) only an
+experiment that does not exist or has no runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from dashboards import analysis, figures
+from dashboards.runs import BASELINE, FINISHED, TRIAL, StudyRuns, param, read_study
+from dashboards.stats import DEFAULT_MARGIN, METHOD
+from itstudy.config import itstudy_home
+from itstudy.tracking import RunLogger
+from itstudy.ui import study_store
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+ARTIFACT_DIR = "report"
+VERSIONED = ("python", "torch", "transformers", "ray", "mlflow", "datasets")
+
+
+def build_report(
+    study_or_experiment: str,
+    tracking_uri: str | None = None,
+    out_dir: Path | None = None,
+    margin: float = DEFAULT_MARGIN,
+) -> Path:
+    """Build the report of a study (experiment file or MLflow experiment name); returns report.html."""
+    started = time.perf_counter()
+    store = study_store(study_or_experiment, tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="itstudy-report-") as scratch:
+        study = read_study(store.tracking_uri, store.experiment, Path(scratch), store.config_digest)
+    out_dir = Path(out_dir or itstudy_home() / "reports" / store.experiment)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    scores = analysis.place_sizes(study.scores)
+    tables = _tables(scores, margin)
+    images = _figures(tables, analysis.headline_split(scores), margin)
+    for name, table in tables.items():
+        table.to_csv(out_dir / f"{name}.csv", index=name == "task_differences")
+    study.runs.drop(columns=["start_time"]).to_csv(out_dir / "runs.csv", index=False)
+    for name, png in images.items():
+        (out_dir / f"{name}.png").write_bytes(png)
+
+    context = _context(study, scores, tables, images, margin, study_or_experiment)
+    context["build_s"] = time.perf_counter() - started
+    html = _template().render(**context)
+    path = out_dir / "report.html"
+    path.write_text(html, encoding="utf-8")
+    if study.sweep is not None:
+        RunLogger(store.tracking_uri, study.sweep["run_id"]).log_dir(out_dir, ARTIFACT_DIR)
+    log.info("report of %s built in %.1f s: %s", store.experiment, context["build_s"], path)
+    return path
+
+
+def _tables(scores: pd.DataFrame, margin: float) -> dict[str, pd.DataFrame]:
+    if scores.empty:
+        return {}
+    return {
+        "paper_table": analysis.paper_table(scores),
+        "verdicts": analysis.verdict_table(scores, margin),
+        "task_differences": analysis.task_differences(scores),
+    }
+
+
+def _figures(tables: dict[str, pd.DataFrame], headline_split: str, margin: float) -> dict[str, bytes]:
+    images = {}
+    if "paper_table" in tables:
+        images["data_size_curve"] = figures.data_size_curve(tables["paper_table"])
+    if not tables.get("task_differences", pd.DataFrame()).empty:
+        images["task_differences"] = figures.task_heatmap(tables["task_differences"])
+    verdicts = tables.get("verdicts", pd.DataFrame())
+    if not verdicts.empty and verdicts.loc[verdicts["split"] == headline_split, "difference"].notna().any():
+        images["verdicts"] = figures.verdict_plot(verdicts, headline_split, margin)
+    return images
+
+
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    return environment.get_template("report.html.j2")
+
+
+# --- what the template shows ------------------------------------------------------------------------
+
+
+def _context(study: StudyRuns, scores, tables, images, margin: float, target: str) -> dict:
+    verdicts = tables.get("verdicts", pd.DataFrame())
+    return {
+        "experiment": study.experiment,
+        "target": target,
+        "description": param(study.sweep, "params.description", ""),
+        "answer": analysis.answer(verdicts, scores) if not verdicts.empty else [],
+        "headline_split": analysis.headline_split(scores),
+        "margin": margin,
+        "method": METHOD,
+        "verdicts": _verdict_rows(verdicts),
+        "sections": _paper_sections(tables.get("paper_table", pd.DataFrame())),
+        "images": {name: base64.b64encode(png).decode("ascii") for name, png in images.items()},
+        "provenance": _provenance(study),
+        "files": study.files,
+        "failed": study.failed.to_dict("records"),
+        "missing": study.missing,
+        "notes": study.notes,
+        "runs": study.runs.to_dict("records"),
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _number(value: float, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def _interval(center: float, low: float, high: float, signed: bool = False) -> str:
+    return f"{_number(center, signed)} [{_number(low, signed)}, {_number(high, signed)}]"
+
+
+def _verdict_rows(verdicts: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            **row,
+            "metric_label": analysis.METRIC_LABEL[row["metric"]],
+            "interval": _interval(row["difference"], row["ci_low"], row["ci_high"], signed=True),
+            "css": row["verdict"].split()[0],
+        }
+        for row in verdicts.to_dict("records")
+    ]
+
+
+def _paper_sections(table: pd.DataFrame) -> list[dict]:
+    """Per split: size columns, then one row per condition with an EM and a ROUGE-L cell per size."""
+    sections = []
+    for split in [split for split in analysis.SPLITS if split in set(table.get("split", []))]:
+        part = table[table["split"] == split]
+        sizes = sorted(part.loc[part["kind"] == TRIAL, "size"].dropna().astype(int).unique())
+        rows = []
+        for (kind, condition), group in part.groupby(["kind", "condition"], sort=False):
+            by_size = {("any" if pd.isna(size) else int(size)): cells for size, cells in group.groupby("size", dropna=False)}
+            if "any" in by_size:
+                cells = [{"colspan": max(len(sizes), 1), **_cell(by_size["any"])}]
+            else:
+                cells = [{"colspan": 1, **_cell(by_size.get(size))} for size in sizes]
+            rows.append({"kind": kind, "condition": condition, "cells": cells})
+        sections.append({"split": split, "sizes": sizes, "rows": rows})
+    return sections
+
+
+def _cell(rows: pd.DataFrame | None) -> dict:
+    if rows is None or rows.empty:
+        return {"em": "no finished runs", "rl": "", "detail": ""}
+    metrics = rows.set_index("metric")
+    em, rl = metrics.loc["exact_match"], metrics.loc["rougeL"]
+    spread = f"seed sd {_number(em['seed_sd'])}" if not math.isnan(em["seed_sd"]) else "one seed"
+    return {
+        "em": _interval(em["mean"], em["ci_low"], em["ci_high"]),
+        "rl": _interval(rl["mean"], rl["ci_low"], rl["ci_high"]),
+        "detail": f"{int(em['n_tasks'])} tasks × {int(em['n_seeds'])} seeds, {spread}",
+    }
+
+
+def _provenance(study: StudyRuns) -> list[tuple[str, str]]:
+    sweep = study.sweep
+    runs = study.runs
+    commit = param(sweep, "params.env.git_commit")
+    dirty = " (uncommitted changes)" if param(sweep, "params.env.git_dirty", "") == "true" else ""
+    digests = sorted(set(runs["data_digest"]) - {""})
+    versions = ", ".join(f"{name} {param(sweep, f'params.env.{name}', '?')}" for name in VERSIONED)
+    return [
+        ("MLflow store", study.tracking_uri),
+        ("experiment", f"{study.experiment} (id {study.experiment_id})"),
+        ("sweep run", f"{sweep['name']} ({sweep['run_id']}), status {sweep['status']}" if sweep is not None else "none"),
+        ("config digest", param(sweep, "tags.itstudy.config_digest")),
+        ("code version", f"git {commit}{dirty}"),
+        ("versions", versions),
+        ("model", param(sweep, "params.model.name")),
+        ("data", f"source {param(sweep, 'params.data.source')}, split {param(sweep, 'params.data.split')}, "
+                 f"test tasks: {param(sweep, 'params.data.test_task_kind')}"),
+        ("data digests", f"{len(digests)} distinct (the training sample depends on size and seed): "
+                         + ", ".join(digest[:12] for digest in digests[:12]) + (" ..." if len(digests) > 12 else "")),
+        ("runs", f"{len(runs)} ({(runs['kind'] == TRIAL).sum()} trials, {(runs['kind'] == BASELINE).sum()} baselines): "
+                 f"{(runs['status'] == FINISHED).sum()} finished, {len(study.failed)} not finished, "
+                 f"{len(study.missing)} planned but never started"),
+    ]

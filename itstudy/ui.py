@@ -1,0 +1,140 @@
+"""`itstudy ui`: the MLflow UI on a study's tracking store, and where that store is.
+
+`study_store` turns what a user types (an experiment file, a study name, or nothing) into the
+tracking URI and the MLflow experiment name; `itstudy report` uses it too. `ui_command` starts
+`mlflow server` in the foreground with settings that suit one person's study: the study's store
+(SQLite by default), one worker, job execution off (about 0.4 GB instead of nine processes and
+1.4 GB), loopback only. On a cluster, run it on the head node and forward the port:
+
+    ssh -L 5000:127.0.0.1:5000 HEAD_NODE            # then open http://127.0.0.1:5000
+    kubectl port-forward pod/HEAD_POD 5000:5000     # KubeRay
+
+Refuses remote stores: a study that logs to an `http(s)://` tracking server already has that
+server's UI, whose address is printed instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from itstudy.config import ConfigError, TrackingConfig, config_digest, load_study
+from itstudy.tracking import artifact_root, experiment_name, resolve_tracking_uri
+
+READY_TIMEOUT_S = 90.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class StudyStore:
+    """Where a study's runs are: tracking URI and experiment, and the config digest when a file was given."""
+
+    tracking_uri: str
+    experiment: str
+    config_digest: str | None
+    """The experiment file's config digest (selects its sweep); None for a bare study name."""
+
+
+def study_store(study_or_experiment: str | None, tracking_uri: str | None = None) -> StudyStore:
+    """An experiment file (`*.yaml`, `*.yml` or an existing file) or a study name -> its store.
+
+    The URI is `tracking_uri` if given, else the file's tracking settings, else
+    $MLFLOW_TRACKING_URI, else the SQLite store under $ITSTUDY_HOME (`resolve_tracking_uri`).
+    """
+    override = TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None
+    target = study_or_experiment or ""
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        study = load_study(target)
+        uri = resolve_tracking_uri(override or study.tracking)
+        return StudyStore(uri, experiment_name(study), config_digest(study))
+    return StudyStore(resolve_tracking_uri(override or TrackingConfig()), target, None)
+
+
+def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """`mlflow server` on an SQLite store: one worker, loopback unless asked otherwise."""
+    if not tracking_uri.startswith("sqlite:///"):
+        raise ConfigError(
+            f"tracking URI {tracking_uri!r}: the UI serves a local SQLite store; a tracking server "
+            f"already has its UI, open {tracking_uri} in a browser"
+        )
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", tracking_uri,
+        "--default-artifact-root", artifact_root(tracking_uri),
+        "--host", host,
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+
+
+def server_env() -> dict[str, str]:
+    # Job execution starts extra worker processes that a read-mostly UI does not need (stack notes).
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def start_server(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, log_file: Path | None = None) -> subprocess.Popen:
+    """Start the UI server in the background and wait until it answers /health; the caller stops it."""
+    output = open(log_file, "w") if log_file else subprocess.DEVNULL  # noqa: SIM115 (the child holds it)
+    process = subprocess.Popen(server_command(tracking_uri, host, port), env=server_env(), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(f"http://{host}:{port}", process)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {process.returncode} before answering {url}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"mlflow server did not answer {url}/health within {timeout_s:.0f} s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Terminate the server (and wait for it), killing it if it does not stop within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def ui_command(study_or_experiment: str | None = None, port: int = 5000, host: str = "127.0.0.1") -> None:
+    """The `itstudy ui` command: serve the study's store until Ctrl-C."""
+    store = study_store(study_or_experiment)
+    if store.tracking_uri.startswith(("http://", "https://")):
+        print(f"This study logs to the tracking server {store.tracking_uri}: open it in a browser.")
+        return
+    command = server_command(store.tracking_uri, host, port)
+    where = f"experiment '{store.experiment}'" if store.experiment else "every experiment"
+    print(f"MLflow UI on {store.tracking_uri} ({where}): http://{host}:{port}")
+    if host in LOOPBACK:
+        print(f"From another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}")
+    else:
+        print("Warning: the MLflow UI has no authentication; anyone who reaches this address can read and delete runs.")
+    process = subprocess.Popen(command, env=server_env())
+    # A `kill` of this command must stop the server too instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(process)

@@ -1,0 +1,511 @@
+"""The study report: its statistics on hand-made scores, its tables against the runs they come from.
+
+Three kinds of study are reported on:
+- a fixture study written through the tracking layer with known per-task metrics (what a sweep
+  logs: parent run, trial and baseline children, task_metrics.csv, a failed run, a planned run
+  that never started), so every number in the report can be checked against its source;
+- a 100-run fixture study with SuperNI's 119 test tasks, for the 30-second build budget;
+- a small real study run by the sweep (`run_sweep`, Ray Tune, tiny T5), shared with the browser
+  test through `real_study`.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboards.report import build_report
+from dashboards.runs import ReportError
+from dashboards.stats import DEFAULT_MARGIN, estimate, paired_difference, verdict
+from itstudy.config import ConfigError
+from itstudy.tracking import RunLogger, create_run, download_artifact, ensure_experiment, list_artifacts, load_runs
+
+# --- statistics on hand-made scores ----------------------------------------------------------------
+
+
+def _scores(shift: float = 0.0, tasks: int = 30, seeds: int = 3, noise: float = 5.0, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    task_level = rng.uniform(20, 80, size=(tasks, 1))
+    return task_level + rng.normal(0, noise, size=(tasks, seeds)) + shift
+
+
+def test_estimate_mean_seed_spread_and_interval_on_a_known_matrix():
+    # Seed means 40, 50, 60: mean 50, sd 10; every task equal, so only seeds vary.
+    scores = np.tile([40.0, 50.0, 60.0], (4, 1))
+    result = estimate(scores)
+    assert result.mean == pytest.approx(50.0)
+    assert result.seed_sd == pytest.approx(10.0)
+    assert (result.n_tasks, result.n_seeds) == (4, 3)
+    # Resampling three seeds can give any mean between the smallest and the largest seed.
+    assert 40.0 <= result.ci_low < 50.0 < result.ci_high <= 60.0
+    assert result.text() == f"50.0 [{result.ci_low:.1f}, {result.ci_high:.1f}]"
+
+
+def test_missing_cells_are_left_out_not_counted_as_zero():
+    scores = np.array([[50.0, 70.0], [np.nan, 90.0], [np.nan, np.nan]])
+    result = estimate(scores)
+    assert result.mean == pytest.approx(70.0)
+    assert (result.n_tasks, result.n_seeds) == (2, 2)
+    assert math.isnan(estimate(np.full((2, 2), np.nan)).mean)
+
+
+def test_same_scores_give_the_same_interval():
+    assert estimate(_scores()) == estimate(_scores())
+
+
+def test_identical_variants_are_equivalent_with_a_zero_difference():
+    diff = paired_difference(_scores(), _scores())
+    assert diff.mean == 0.0 and diff.ci_low <= 0.0 <= diff.ci_high
+    assert verdict(diff) == f"equivalent within ±{DEFAULT_MARGIN:g} EM"
+
+
+def test_a_ten_point_shift_is_detected_in_both_directions():
+    base = _scores(seed=1)
+    shifted = base + 10 + np.random.default_rng(7).normal(0, 3, size=base.shape)
+    up = paired_difference(shifted, base)
+    assert up.mean == pytest.approx(10, abs=1.5)
+    assert up.ci_low > DEFAULT_MARGIN
+    assert verdict(up) == "better"
+    assert verdict(paired_difference(base, shifted)) == "worse"
+
+
+def test_pairing_removes_task_difficulty_from_the_interval():
+    # Tasks differ by up to 60 points; a paired 1-point shift must still give a narrow interval.
+    base = _scores(noise=0.5)
+    diff = paired_difference(base + 1.0, base)
+    assert diff.ci_high - diff.ci_low < 0.5
+    assert verdict(diff) == "equivalent within ±2 EM"
+    assert estimate(base).ci_high - estimate(base).ci_low > 5
+
+
+def test_a_noisy_small_difference_is_inconclusive():
+    base = _scores(tasks=6, seeds=2, seed=3)
+    other = base + np.random.default_rng(5).normal(0, 15, size=base.shape)
+    assert verdict(paired_difference(other, base)) == "inconclusive"
+
+
+def test_verdict_needs_paired_cells():
+    empty = paired_difference(np.full((2, 2), np.nan), np.zeros((2, 2)))
+    assert verdict(empty) == "no paired runs"
+    with pytest.raises(ValueError, match="pair by task and seed"):
+        paired_difference(np.zeros((2, 2)), np.zeros((3, 2)))
+
+
+# --- a fixture study written through the tracking layer -----------------------------------------------
+# Test fixture, not results: known per-task numbers logged the way a sweep logs them, so that the
+# report's tables can be checked against their source.
+
+CATEGORIES = ("textual_entailment", "answerability_classification", "title_generation")
+
+
+@dataclass(frozen=True)
+class FixtureTask:
+    name: str
+    category: str
+    is_classification: bool
+    pooled: bool = True
+
+
+def fixture_tasks(classification: int, generation: int) -> list[FixtureTask]:
+    tasks = [FixtureTask(f"task{100 + i:03d}_fixture_cls", CATEGORIES[i % 2], True) for i in range(classification)]
+    tasks += [FixtureTask(f"task{300 + i:03d}_fixture_gen", CATEGORIES[2], False) for i in range(generation)]
+    # Tk-Instruct leaves task1415 out of every pooled figure; the report must too.
+    return tasks + [FixtureTask("task1415_youtube_caption_corrections", "grammar_error_correction", False, pooled=False)]
+
+
+@dataclass
+class FixtureStudy:
+    uri: str
+    experiment: str
+    parent_run_id: str
+    values: dict
+    """(kind, condition, size or None, seed) -> {task: (exact_match, rougeL)}; what was logged."""
+    tasks: list[FixtureTask]
+
+
+# Variant -> (definition, examples, shift of its score in points): simplified is as good as the
+# original, delusive examples cost 10 points.
+VARIANTS = {
+    "def-original+ex-original": ("original", "original", 0.0),
+    "def-simplified+ex-original": ("simplified", "original", 0.0),
+    "def-original+ex-delusive": ("original", "delusive", -10.0),
+}
+
+
+def _trial_values(tasks, variant_shift, size, seed, rng) -> dict:
+    values = {}
+    for index, task in enumerate(tasks):
+        level = 40 + 30 * ((index * 37) % 11) / 10  # task difficulty, fixed per task
+        score = level + 4 * math.log2(size / 10) + variant_shift + rng.normal(0, 1.0)
+        if task.is_classification:
+            values[task.name] = (float(np.clip(score, 0, 100)), float(np.clip(score + 1, 0, 100)))
+        else:
+            values[task.name] = (float(np.clip(score / 10, 0, 100)), float(np.clip(score - 10, 0, 100)))
+    return values
+
+
+def _baseline_values(tasks, name, seed, rng) -> dict:
+    # Model-free baselines guess labels: classification tasks only, as the real ones.
+    level = {"random": 50.0, "majority": 45.0}[name]
+    return {t.name: (level + rng.normal(0, 4), level + 1.0) for t in tasks if t.is_classification}
+
+
+def _task_metrics_csv(tasks: list[FixtureTask], values: dict) -> str:
+    rows = [
+        {"task": t.name, "category": t.category, "is_classification": t.is_classification, "n": 100,
+         "exact_match": values[t.name][0], "rougeL": values[t.name][1], "in_pooled": t.pooled}
+        for t in tasks if t.name in values
+    ]  # fmt: skip
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def _log_child(uri, experiment_id, parent_id, name, tags, tasks, values, status="FINISHED") -> None:
+    run_id = create_run(uri, experiment_id, name, {**tags, "itstudy.trial_key": name}, parent_run_id=parent_id)
+    logger = RunLogger(uri, run_id)
+    if status == "FINISHED":
+        metrics = {f"{metric}_for_{task}": pair[i] for task, pair in values.items() for i, metric in enumerate(("exact_match", "rougeL"))}
+        pooled = [pair for task, pair in values.items() if not task.startswith("task1415")]
+        metrics["exact_match"] = float(np.mean([pair[0] for pair in pooled]))
+        for category in CATEGORIES:  # logged under the same `_for_` prefix as tasks, as metrics.aggregate does
+            metrics[f"exact_match_for_{category}"] = 12.345
+        logger.log_metrics(metrics, step=5)
+        logger.log_text(_task_metrics_csv(tasks, values), "task_metrics.csv")
+        logger.log_dataset(f"digest-{name}", "fixture", name="fixture", n_instances=100)
+    else:
+        logger.log_error("Traceback (most recent call last):\nRuntimeError: fixture trial ran out of memory\n")
+    logger.end(status)
+
+
+def write_fixture_study(
+    uri: str,
+    experiment: str,
+    variants: dict = VARIANTS,
+    sizes=(10, 40),
+    seeds=(1, 2, 3),
+    classification: int = 8,
+    generation: int = 4,
+    failed: str | None = None,
+    never_started: str | None = None,
+) -> FixtureStudy:
+    """A sweep's parent run with trial and baseline children; returns what was logged."""
+    tasks = fixture_tasks(classification, generation)
+    experiment_id = ensure_experiment(uri, experiment)
+    parent_id = create_run(uri, experiment_id, f"{experiment}-sweep", {"itstudy.kind": "sweep", "itstudy.study": experiment,
+                                                                        "itstudy.config_digest": "fixture000"})
+    parent = RunLogger(uri, parent_id)
+    parent.log_params({"description": "fixture study", "model": {"name": "t5-tiny"}, "data": {"source": "fixture"},
+                       "env": {"git_commit": "0123abcd", "git_dirty": "false"},
+                       "grid": {"variant.definition": ["original", "simplified"], "seed": list(seeds)}})
+    parent.log_text("name: fixture\n", "experiment/fixture.yaml")
+    planned, values = [], {}
+    rng = np.random.default_rng(0)
+    for variant, (definition, examples, shift) in variants.items():
+        for size in sizes:
+            for seed in seeds:
+                key = f"{variant}_n{size}_s{seed}_fixture"
+                planned.append({"key": key, "kind": "trial"})
+                tags = {"itstudy.kind": "trial", "itstudy.variant": variant, "itstudy.definition": definition,
+                        "itstudy.examples": examples, "itstudy.instances_per_task": size, "itstudy.seed": seed}
+                status = "FAILED" if key == failed else "FINISHED"
+                logged = _trial_values(tasks, shift, size, seed, rng)
+                _log_child(uri, experiment_id, parent_id, key, tags, tasks, logged, status)
+                if status == "FINISHED":
+                    values[("trial", variant, size, seed)] = logged
+    for name in ("random", "majority"):
+        for seed in seeds:
+            logged = _baseline_values(tasks, name, seed, rng)
+            tags = {"itstudy.kind": "baseline", "itstudy.baseline": name, "itstudy.seed": seed}
+            _log_child(uri, experiment_id, parent_id, f"baseline-{name}-s{seed}", tags, tasks, logged)
+            values[("baseline", name, None, seed)] = logged
+    if never_started:
+        planned.append({"key": never_started, "kind": "trial"})
+    parent.log_dict_yaml(planned, "trials.yaml")
+    parent.end("FAILED" if failed else "FINISHED")
+    return FixtureStudy(uri, experiment, parent_id, values, tasks)
+
+
+def expected_mean(study: FixtureStudy, kind, condition, size, split, metric) -> tuple[float, int, int]:
+    """(mean, tasks, seeds) recomputed from the logged values: pooled tasks of the split, every seed."""
+    index = 0 if metric == "exact_match" else 1
+    wanted = {t.name for t in study.tasks if t.pooled and (split == "all" or t.is_classification == (split == "classification"))}
+    cells = [
+        (task, seed, pair[index])
+        for (k, c, s, seed), values in study.values.items()
+        if k == kind and c == condition and s == size
+        for task, pair in values.items()
+        if task in wanted
+    ]
+    return (
+        float(np.mean([value for _, _, value in cells])) if cells else math.nan,
+        len({task for task, _, _ in cells}),
+        len({seed for _, seed, _ in cells}),
+    )
+
+
+@pytest.fixture(scope="module")
+def fixture_study(tmp_path_factory) -> FixtureStudy:
+    folder = tmp_path_factory.mktemp("fixture-store")
+    return write_fixture_study(
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "fixture",
+        failed="def-original+ex-delusive_n40_s3_fixture",
+        never_started="def-original+ex-delusive_n80_s1_fixture",
+    )
+
+
+@pytest.fixture(scope="module")
+def fixture_report(fixture_study, tmp_path_factory) -> Path:
+    return build_report("fixture", tracking_uri=fixture_study.uri, out_dir=tmp_path_factory.mktemp("report"))
+
+
+def test_paper_table_equals_the_logged_per_task_metrics(fixture_study, fixture_report):
+    table = pd.read_csv(fixture_report.parent / "paper_table.csv")
+    assert set(table["split"]) == {"all", "classification", "generation"}
+    assert set(table["condition"]) == set(VARIANTS) | {"random", "majority"}
+    for row in table.itertuples():
+        size = None if pd.isna(row.size) else int(row.size)
+        mean, tasks, seeds = expected_mean(fixture_study, row.kind, row.condition, size, row.split, row.metric)
+        if math.isnan(mean):  # baselines have no generation tasks: the row says so with NaN, not 0
+            assert math.isnan(row.mean) and row.n_tasks == 0, row
+            continue
+        assert row.mean == pytest.approx(mean, abs=1e-9), row
+        assert (row.n_tasks, row.n_seeds) == (tasks, seeds), row
+        assert row.ci_low <= row.mean <= row.ci_high, row
+    # The failed run is left out: two seeds remain in its cell.
+    delusive = table[(table["condition"] == "def-original+ex-delusive") & (table["size"] == 40)]
+    assert set(delusive["n_seeds"]) == {2}
+
+
+def test_verdicts_answer_the_question_of_the_fixture(fixture_report):
+    verdicts = pd.read_csv(fixture_report.parent / "verdicts.csv")
+    variants = verdicts[verdicts["question"] == "variant vs reference"]
+    assert set(variants["reference"]) == {"def-original+ex-original"}
+    classification = variants[variants["split"] == "classification"].set_index(["candidate", "size"])
+    for size in (10, 40):
+        simplified = classification.loc[("def-simplified+ex-original", size)]
+        assert simplified["verdict"] == "equivalent within ±2 EM", simplified
+        assert simplified["ci_low"] <= 0 <= simplified["ci_high"]
+        delusive = classification.loc[("def-original+ex-delusive", size)]
+        assert delusive["verdict"] == "worse" and delusive["difference"] == pytest.approx(-10, abs=1.5)
+    generation = variants[variants["split"] == "generation"]
+    assert set(generation["metric"]) == {"rougeL"}
+    versus_random = verdicts[(verdicts["question"] == "best tuned vs baseline") & (verdicts["reference"] == "random")]
+    assert list(versus_random["split"].unique()) == ["classification"]
+    # About 4 points above random at 10 instances per task is within task and seed noise; 12 at 40 is not.
+    assert dict(zip(versus_random["size"], versus_random["verdict"])) == {10: "inconclusive", 40: "better"}
+
+
+def test_report_is_self_contained_and_logged_on_the_sweep_run(fixture_study, fixture_report):
+    html = fixture_report.read_text()
+    images = re.findall(r'<img class="figure"[^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 3
+    for encoded in images:
+        assert base64.b64decode(encoded).startswith(b"\x89PNG\r\n\x1a\n")
+    assert not re.search(r'src="(?!data:)', html), "every image is embedded"
+    folder = fixture_report.parent
+    for name in ("data_size_curve.png", "task_differences.png", "verdicts.png", "paper_table.csv", "verdicts.csv",
+                 "task_differences.csv", "runs.csv"):  # fmt: skip
+        assert (folder / name).stat().st_size > 0, name
+    logged = list_artifacts(fixture_study.uri, fixture_study.parent_run_id, "report")
+    assert "report/report.html" in logged and "report/data_size_curve.png" in logged
+
+
+def test_report_says_what_failed_what_never_ran_and_what_was_left_out(fixture_report):
+    html = fixture_report.read_text()
+    assert "def-original+ex-delusive_n40_s3_fixture</code>: FAILED: RuntimeError: fixture trial ran out of memory" in html
+    assert "def-original+ex-delusive_n80_s1_fixture" in html
+    assert "Incomplete study" in html
+    assert "task1415_youtube_caption_corrections" in html  # named in the notes, not in any table
+    differences = pd.read_csv(fixture_report.parent / "task_differences.csv", index_col="task")
+    assert "task1415_youtube_caption_corrections" not in differences.index
+    assert "git 0123abcd" in html and "t5-tiny" in html and "fixture.yaml" in html
+    runs = pd.read_csv(fixture_report.parent / "runs.csv")
+    assert (runs["status"] == "FAILED").sum() == 1
+    assert runs.loc[runs["status"] == "FINISHED", "data_digest"].str.startswith("digest-").all()
+
+
+def test_task_differences_are_sorted_and_match_the_logged_values(fixture_study, fixture_report):
+    differences = pd.read_csv(fixture_report.parent / "task_differences.csv", index_col="task")
+    column = "def-original+ex-delusive @ n=10"
+    means = differences.drop(columns="metric").mean(axis=1)
+    assert list(means) == sorted(means)
+    task = next(t for t in fixture_study.tasks if t.is_classification)
+    expected = np.mean([
+        fixture_study.values[("trial", "def-original+ex-delusive", 10, seed)][task.name][0]
+        - fixture_study.values[("trial", "def-original+ex-original", 10, seed)][task.name][0]
+        for seed in (1, 2, 3)
+    ])  # fmt: skip
+    assert differences.loc[task.name, column] == pytest.approx(expected)
+    assert differences.loc[task.name, "metric"] == "EM"
+
+
+def test_an_experiment_without_finished_runs_still_gets_a_report(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = ensure_experiment(uri, "all-failed")
+    parent = create_run(uri, experiment_id, "sweep", {"itstudy.kind": "sweep"})
+    tags = {"itstudy.kind": "trial", "itstudy.variant": "def-original+ex-original", "itstudy.seed": 1}
+    _log_child(uri, experiment_id, parent, "only-trial", tags, [], {}, status="FAILED")
+    path = build_report("all-failed", tracking_uri=uri, out_dir=tmp_path / "out")
+    html = path.read_text()
+    assert "No comparison can be made yet" in html and "only-trial" in html
+
+
+def test_unknown_experiment_and_bad_file_are_refused_in_one_line(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ReportError, match=r"no MLflow experiment named 'nope' at sqlite:///") as caught:
+        build_report("nope", tracking_uri=uri)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="missing.yaml: no such experiment file"):
+        build_report(str(tmp_path / "missing.yaml"))
+
+
+def test_a_100_run_study_with_superni_sized_test_set_builds_a_full_report(tmp_path, capsys):
+    # Also the report benchmark: its printed build time is what docs/performance.md records (the
+    # goal, under 30 s for 100 runs, is tracked there rather than asserted, so load cannot flake CI).
+    # 4 variants x 4 sizes x 6 seeds = 96 trials + 2 baselines x 6 seeds = 12, with 119 test tasks.
+    variants = {f"def-{d}+ex-{e}": (d, e, 0.0) for d in ("original", "simplified") for e in ("original", "delusive")}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = write_fixture_study(uri, "bench", variants, sizes=(10, 50, 200, 800), seeds=(1, 2, 3, 4, 5, 6),
+                                classification=80, generation=39)  # fmt: skip
+    runs = load_runs(uri, "bench")
+    assert (runs["tags.itstudy.kind"] != "sweep").sum() == 108
+    started = time.perf_counter()
+    path = build_report("bench", tracking_uri=uri, out_dir=tmp_path / "report")
+    elapsed = time.perf_counter() - started
+    with capsys.disabled():
+        print(f"\nreport of {len(runs)} runs x {len(study.tasks)} test tasks built in {elapsed:.1f} s: {path}")
+    table = pd.read_csv(path.parent / "paper_table.csv")
+    assert len(table) > 0
+
+
+def test_study_store_reads_the_experiment_file_or_takes_a_study_name(tmp_path, isolated_home):
+    from itstudy.config import config_digest, load_study
+    from itstudy.ui import server_command, study_store
+
+    experiment_file = tmp_path / "mine.yaml"
+    experiment_file.write_text(f"name: mine\ntracking: {{experiment: mine-exp, tracking_uri: 'sqlite:///{tmp_path}/x.db'}}\n")
+    store = study_store(str(experiment_file))
+    assert (store.tracking_uri, store.experiment) == (f"sqlite:///{tmp_path}/x.db", "mine-exp")
+    assert store.config_digest == config_digest(load_study(experiment_file))
+    by_name = study_store("mine")
+    assert by_name.tracking_uri == f"sqlite:///{isolated_home}/mlflow.db" and by_name.config_digest is None
+    command = server_command(store.tracking_uri, port=5123)
+    assert command[command.index("--workers") + 1] == "1" and command[command.index("--host") + 1] == "127.0.0.1"
+    with pytest.raises(ConfigError, match="already has its UI"):
+        server_command("http://tracking.example:5000")
+
+
+# --- a small real study run by the sweep ---------------------------------------------------------------
+
+REAL_STUDY = """\
+# A tiny debug study for the report and browser tests: 2 definitions x 2 sizes x 2 seeds on the
+# synthetic suite, a tiny T5 trained for 2 steps, random and majority baselines.
+name: report-real
+description: "Tiny real sweep for the report tests"
+seed: 1
+data:
+  source: synthetic
+  test_instances_per_task: 8
+  synthetic: {{instances_per_task: 40}}
+  cache_dir: {cache}
+model: {{name: t5-tiny, tokenizer: bpe, bpe_vocab_size: 300, precision: fp32}}
+train: {{global_batch_size: 8, per_device_batch_size: 8, learning_rate: 1.0e-3, epochs: 1, max_steps: 2,
+        max_source_length: 128, max_target_length: 8, log_every_steps: 1, checkpoints_to_keep: 1}}
+eval: {{batch_size: 64, max_new_tokens: 4}}
+resources: {{workers_per_trial: 1, cpus_per_worker: 1}}
+tracking: {{tracking_uri: "sqlite:///{home}/mlflow.db", storage_path: {home}/ray_results}}
+baselines: [random, majority]
+grid:
+  variant.definition: [original, simplified]
+  data.instances_per_task: [5, 10]
+  seed: [1, 2]
+"""
+
+
+@dataclass(frozen=True)
+class RealStudy:
+    experiment_file: Path
+    tracking_uri: str
+    experiment: str
+
+
+def real_study_once(base: Path) -> RealStudy:
+    """Run the tiny study with `run_sweep` once per test session (the browser test reuses it)."""
+    from itstudy.config import load_study
+
+    folder = base / "report-real-study"
+    experiment_file = folder / "report-real.yaml"
+    study = RealStudy(experiment_file, f"sqlite:///{folder / 'home'}/mlflow.db", "report-real")
+    if (folder / "done").exists():
+        return study
+    from itstudy.sweep import run_sweep
+
+    (folder / "home").mkdir(parents=True, exist_ok=True)
+    experiment_file.write_text(REAL_STUDY.format(home=folder / "home", cache=folder / "cache"))
+    with pytest.MonkeyPatch.context() as patch:  # session-scoped: the per-test isolated_home is not set yet
+        patch.setenv("ITSTUDY_HOME", str(folder / "home"))
+        patch.setenv("ITSTUDY_CACHE", str(folder / "cache"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        patch.delenv("RAY_ADDRESS", raising=False)
+        result = run_sweep(load_study(experiment_file), experiment_file=experiment_file)
+    assert not result.failed, [outcome.key for outcome in result.failed]
+    (folder / "done").write_text(result.parent_run_id)
+    return study
+
+
+@pytest.fixture(scope="session")
+def real_study(tmp_path_factory) -> RealStudy:
+    return real_study_once(tmp_path_factory.getbasetemp())
+
+
+def _recomputed(study: RealStudy, tmp_path: Path) -> pd.DataFrame:
+    """Per (condition, size, task, seed) EM and ROUGE-L straight from the runs' metrics and task lists."""
+    runs = load_runs(study.tracking_uri, study.experiment)
+    children = runs[runs["tags.itstudy.kind"].isin(["trial", "baseline"])]
+    rows = []
+    for record in children.to_dict("records"):
+        tasks = pd.read_csv(download_artifact(study.tracking_uri, record["run_id"], "task_metrics.csv", tmp_path / record["run_id"]))
+        kind = record["tags.itstudy.kind"]
+        condition = record["tags.itstudy.variant"] if kind == "trial" else record["tags.itstudy.baseline"]
+        size = int(record["tags.itstudy.instances_per_task"]) if kind == "trial" else None
+        for task in tasks.itertuples():
+            if not task.in_pooled:
+                continue
+            rows.append({"condition": condition, "size": size, "seed": int(record["tags.itstudy.seed"]), "task": task.task,
+                         "is_classification": bool(task.is_classification),
+                         "exact_match": record[f"metrics.exact_match_for_{task.task}"],
+                         "rougeL": record[f"metrics.rougeL_for_{task.task}"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.ray
+def test_report_of_a_real_sweep_matches_its_runs(real_study, tmp_path):
+    path = build_report(str(real_study.experiment_file), out_dir=tmp_path / "report")
+    table = pd.read_csv(path.parent / "paper_table.csv")
+    truth = _recomputed(real_study, tmp_path / "artifacts")
+    assert set(table["condition"]) == {"def-original+ex-original", "def-simplified+ex-original", "random", "majority"}
+    assert set(table["split"]) == {"classification"}  # the synthetic test tasks all have label sets
+    for row in table.itertuples():
+        cells = truth[truth["condition"] == row.condition]
+        if not pd.isna(row.size):
+            cells = cells[cells["size"] == row.size]
+        cells = cells[cells["is_classification"]]
+        assert row.mean == pytest.approx(cells[row.metric].mean(), abs=1e-9), row
+        assert (row.n_tasks, row.n_seeds) == (cells["task"].nunique(), cells["seed"].nunique()), row
+    verdicts = pd.read_csv(path.parent / "verdicts.csv")
+    assert set(verdicts["size"]) == {5, 10}
+    assert {"variant vs reference", "best tuned vs baseline"} == set(verdicts["question"])
+    html = path.read_text()
+    assert "report-real.yaml" in html and "8 trials, 4 baselines" in html and "12 finished" in html
+    parent = load_runs(real_study.tracking_uri, real_study.experiment)
+    parent_id = parent.loc[parent["tags.itstudy.kind"] == "sweep", "run_id"].iloc[0]
+    assert "report/report.html" in list_artifacts(real_study.tracking_uri, parent_id, "report")
