@@ -20,10 +20,11 @@ from pathlib import Path
 from itstudy.config import ConfigError, load_study
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def cmd_run(args: argparse.Namespace) -> int:
     from itstudy.sweep import run_sweep
 
-    run_sweep(load_study(args.experiment, args.overrides), experiment_file=Path(args.experiment))
+    result = run_sweep(load_study(args.experiment, args.overrides), experiment_file=Path(args.experiment))
+    return 1 if result.failed else 0
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -111,11 +112,10 @@ def _input_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except _input_errors() as error:
         print(f"itstudy: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

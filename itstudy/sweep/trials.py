@@ -1,0 +1,166 @@
+"""A study's grid expanded into trials, each a complete `Study` with a stable, readable key.
+
+The key is what makes resuming flag-free: the same experiment file and overrides always give
+the same trial keys, the same sweep name and hence the same Tune experiment folder and the same
+MLflow runs. A key reads like `def-simplified+ex-original_n10_s1_3fa2c9d1`: the variant, the
+training instances per task, the seed, any other swept value, and the first eight hex digits
+of the trial's full config digest (so two trials can never share a key).
+
+This module is plain Python (no Ray, no MLflow). It refuses nothing itself: every grid point
+was validated when the study was loaded (`Study._check_grid_keys`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, config_digest, with_overrides
+
+# Axes that every trial key names, whether or not they are swept: what a reader of a run list
+# needs in order to tell trials apart at a glance.
+_ALWAYS_NAMED = ("variant", "data.instances_per_task", "seed")
+
+# Short labels for axes that appear in keys; any other axis is named by its last component.
+_LABELS = {
+    "data.instances_per_task": "n",
+    "seed": "s",
+    "data.max_train_tasks": "tasks",
+    "train.learning_rate": "lr",
+    "train.global_batch_size": "bs",
+    "train.epochs": "ep",
+    "train.max_steps": "steps",
+    "model.name": "",
+}
+
+# DataConfig fields that change only what a model trains on; the test tasks, and hence the
+# baselines, are the same whatever their values.
+_TRAINING_ONLY_DATA_FIELDS = ("train_tasks", "train_task_kind", "max_train_tasks", "instances_per_task")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of the sweep: a training run, or the untuned-model baseline that stands beside one."""
+
+    key: str
+    """Stable name of the trial: the MLflow child run name and the Ray Train run name."""
+    point: dict[str, Any]
+    """The swept values of this trial (dotted key -> value), grid and search together."""
+    study: Study
+    """The trial's complete config (grid emptied)."""
+    label: str
+    """The configuration the trial belongs to: its key without seed and digest (what seeds share)."""
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags that describe this trial (naming contract in the design notes)."""
+        return {
+            "itstudy.kind": "trial",
+            "itstudy.trial_key": self.key,
+            "itstudy.variant": self.study.variant.name,
+            "itstudy.definition": self.study.variant.definition,
+            "itstudy.examples": self.study.variant.examples,
+            "itstudy.instances_per_task": str(self.study.data.instances_per_task),
+            "itstudy.seed": str(self.study.seed),
+            "itstudy.model": self.study.model.name,
+            "itstudy.config_digest": config_digest(self.study),
+        }
+
+
+def sweep_name(study: Study) -> str:
+    """The sweep's name: the study name and its config digest (same config, same sweep)."""
+    return f"{study.name}-{config_digest(study)[:8]}"
+
+
+def grid_points(study: Study) -> list[dict[str, Any]]:
+    """The product of the grid's axes, in the order the experiment file lists them."""
+    axes = list(study.grid.items())
+    return [dict(zip([key for key, _ in axes], values)) for values in itertools.product(*[v for _, v in axes])]
+
+
+def debug_caps(study: Study) -> dict[str, Any]:
+    """What `debug: true` changes: a few optimiser steps on a few tasks and instances, short prompts.
+
+    The global batch becomes one micro-batch per worker, so that a handful of training instances
+    still fill it. `make_trial` leaves swept keys as swept, so every grid point stays a trial.
+    """
+    data, train, evaluation = study.data, study.train, study.eval
+    return {
+        "data.max_train_tasks": min(data.max_train_tasks or 8, 8),
+        "data.test_instances_per_task": min(data.test_instances_per_task, 8),
+        "train.max_steps": min(train.max_steps or 5, 5),
+        "train.global_batch_size": train.per_device_batch_size * study.resources.workers_per_trial,
+        "train.max_source_length": min(train.max_source_length, 256),
+        "train.eval_every_steps": None,
+        "eval.max_new_tokens": min(evaluation.max_new_tokens, 16),
+    }
+
+
+def make_trial(study: Study, point: dict[str, Any]) -> Trial:
+    """The trial at `point` (grid values, possibly with sampled search values) of `study`."""
+    resolved = with_overrides(study, point, origin=f"trial {point}")
+    if resolved.debug:
+        caps = {key: value for key, value in debug_caps(resolved).items() if key not in point}
+        resolved = with_overrides(resolved, caps, origin="debug")
+    label = "_".join(_named_parts(resolved, point, with_seed=False))
+    return Trial(key=trial_key(resolved, point), point=dict(point), study=resolved, label=label)
+
+
+def expand_grid(study: Study) -> list[Trial]:
+    """Every trial of the grid (one trial when the grid is empty)."""
+    return [make_trial(study, point) for point in grid_points(study)]
+
+
+def trial_key(resolved: Study, point: dict[str, Any]) -> str:
+    """`<variant>_n<instances>_s<seed>[_<other swept values>]_<digest8>` of a resolved trial."""
+    return "_".join([*_named_parts(resolved, point, with_seed=True), config_digest(resolved)[:8]])
+
+
+def _named_parts(resolved: Study, point: dict[str, Any], with_seed: bool) -> list[str]:
+    parts = [resolved.variant.name, f"n{resolved.data.instances_per_task}"]
+    if with_seed:
+        parts.append(f"s{resolved.seed}")
+    for key, value in point.items():
+        if not key.startswith(_ALWAYS_NAMED):
+            parts.append(_LABELS.get(key, key.rsplit(".", 1)[-1]) + _short(value))
+    return parts
+
+
+def _short(value: Any) -> str:
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    # Keys become file names (Ray Train run folders) and URL parts (MLflow UI): keep them plain.
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
+
+
+def evaluation_set_key(study: Study) -> str:
+    """A digest of what decides a study's test tasks and instances (training-only fields reset).
+
+    Trials that share it share their baselines: the baselines run once per test-task set and
+    seed, not once per trial.
+    """
+    defaults = DataConfig()
+    data = study.data.model_copy(update={name: getattr(defaults, name) for name in _TRAINING_ONLY_DATA_FIELDS})
+    probe = Study(name=study.name, data=data)
+    return config_digest(probe)[:8]
+
+
+def untuned_trial(trial: Trial) -> Trial:
+    """The untuned-model baseline that stands beside `trial`: same test prompts, model and seed.
+
+    Whatever only shapes training (optimisation, resources, and the training sample unless the
+    tokenizer is learnt from it) is reset, so trials that differ only there share one untuned
+    baseline, as its predictions are the same.
+    """
+    study = trial.study
+    kept_train = {"max_source_length": study.train.max_source_length}
+    data = study.data
+    if study.model.tokenizer != "bpe":  # a BPE vocabulary is trained on the training sample
+        defaults = DataConfig()
+        data = data.model_copy(update={name: getattr(defaults, name) for name in _TRAINING_ONLY_DATA_FIELDS})
+    probe = study.model_copy(
+        update={"data": data, "train": TrainConfig(**kept_train), "resources": ResourcesConfig(), "search": None}
+    )
+    label = f"untuned_{study.variant.name}" + (f"_n{study.data.instances_per_task}" if study.model.tokenizer == "bpe" else "")
+    key = f"baseline-{label}_s{study.seed}_{config_digest(probe)[:8]}"
+    return Trial(key=key, point=dict(trial.point), study=probe, label=label)
