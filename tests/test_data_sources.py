@@ -19,7 +19,7 @@ from itstudy.data.sources import (
     make_source,
 )
 from itstudy.data.superni import TaskFileError
-from itstudy.data.synthetic import write_synthetic_suite
+from itstudy.data.synthetic import GENERATOR_VERSION, write_synthetic_suite
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TASK = "synth_numbers_parity"
@@ -249,10 +249,10 @@ def test_a_folder_without_tasks_is_refused_naming_the_setting(tmp_path):
 def test_the_synthetic_source_is_written_once_into_the_cache(tmp_path):
     data = DataConfig(source="synthetic", synthetic=SyntheticConfig(seed=3, instances_per_task=20))
     first = make_source(data)
-    assert first.root == tmp_path / "cache" / "synthetic" / "v1-seed3-n20"
+    assert first.root == tmp_path / "cache" / "synthetic" / f"v{GENERATOR_VERSION}-seed3-n20"
     marker = first.root / "tasks" / f"{TASK}.json"
     stamp = marker.stat().st_mtime_ns
     second = make_source(data)
     assert second.root == first.root and marker.stat().st_mtime_ns == stamp
     assert second.load_task(TASK).name == TASK
-    assert make_source(DataConfig(synthetic=SyntheticConfig(seed=4, instances_per_task=20))).root.name == "v1-seed4-n20"
+    assert make_source(DataConfig(synthetic=SyntheticConfig(seed=4, instances_per_task=20))).root.name == f"v{GENERATOR_VERSION}-seed4-n20"

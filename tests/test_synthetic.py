@@ -94,9 +94,35 @@ def test_counterfactual_pairs_share_inputs_and_disagree_on_most(tasks):
 def test_labels_follow_the_stated_rule(tasks):
     for instance in tasks["synth_numbers_is_even"].instances:
         assert instance.outputs == ("yes" if int(instance.input) % 2 == 0 else "no",)
+    for instance in tasks["synth_numbers_is_even_true_false"].instances:
+        assert instance.outputs == ("true" if int(instance.input) % 2 == 0 else "false",)
     for instance in tasks["synth_comparison_smaller"].instances:
         first, second = (int(part.split(": ")[1]) for part in instance.input.split(", "))
         assert instance.outputs == ("first" if first < second else "second",)
+
+
+def _label_vocabulary(task) -> frozenset[str]:
+    return frozenset(normalize_answer(label) for label in label_space(task, ClassificationRule()).labels)
+
+
+def test_output_space_varies_across_training_tasks_and_some_test_labels_are_only_in_the_prompt(suite, tasks):
+    train = (suite / "splits" / "default" / "train_tasks.txt").read_text().split()
+    test = (suite / "splits" / "default" / "test_tasks.txt").read_text().split()
+    vocabularies = Counter(_label_vocabulary(tasks[name]) for name in train)
+    assert len(vocabularies) >= 6, vocabularies
+    assert max(vocabularies.values()) / len(train) <= 0.5, "no one label set dominates training"
+    trained_outputs = {normalize_answer(i.outputs[0]) for name in train for i in tasks[name].instances}
+    unseen = [name for name in test if not _label_vocabulary(tasks[name]) & trained_outputs]
+    assert len(unseen) >= 3, "some test tasks can be answered only with words read from their prompt"
+    for name in unseen:
+        task = tasks[name]
+        assert all(f"'{label}'" in task.definition for label in _label_vocabulary(task)), name
+
+
+def test_a_reworded_task_is_its_rule_with_other_label_words(tasks):
+    plain, reworded = tasks["synth_words_is_animal"], tasks["synth_words_is_animal_accept_reject"]
+    assert reworded.definition == plain.definition.replace("'yes'", "'accept'").replace("'no'", "'reject'")
+    assert {e.output for e in reworded.positive_examples} == {"accept", "reject"}
 
 
 def test_asking_for_more_instances_than_a_family_has_is_refused(tmp_path):

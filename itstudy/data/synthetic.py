@@ -5,10 +5,17 @@ able to learn the outputs (one short word each). The suite is written into the S
 (`tasks/*.json`, `splits/default/{train,test}_tasks.txt`) and read back by the very same
 folder source and parser as SuperNI itself, so nothing downstream knows the difference.
 
-What is in it: 21 tasks in 6 families. A family shares one kind of input (numbers, review
+What is in it: 30 tasks in 6 families. A family shares one kind of input (numbers, review
 sentences, noun phrases, made-up words, number pairs, premise/hypothesis pairs); its tasks apply
 different rules to it. Training and test families are disjoint, so test tasks are unseen in kind,
 not only in instances. Every definition states its rule and names its labels.
+
+Output space stated in the instruction: each yes/no training rule also appears with other label
+words (true/false, red/blue, agree/disagree, accept/reject, alpha/beta), so training answers use
+10 label sets and the same rule asks for different words in different tasks. Which word to answer
+can then only be read from the definition and demonstrations, the effect Kung & Peng measure.
+Three test tasks answer with words no training task outputs (first/second,
+entailment/contradiction): only a model that reads its prompt's labels can produce them.
 
 Counterfactual pairs: the two tasks of a pair see the same inputs (and the same demonstration
 inputs) under two definitions that label them differently, e.g. "is the number even?" vs "is the
@@ -39,7 +46,7 @@ from typing import Any, Callable, Literal, NamedTuple
 from itstudy.config import SyntheticConfig
 
 # Bump whenever the generated content changes: the cache folder name includes it.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLIT = "default"
 
 
@@ -80,6 +87,23 @@ def _yes_no(condition: bool) -> str:
     return "yes" if condition else "no"
 
 
+def _in_words(group: tuple[Rule, ...], *vocabularies: tuple[str, str]) -> tuple[tuple[Rule, ...], ...]:
+    """The yes/no group as written, then once per vocabulary with 'yes' and 'no' replaced by its words.
+
+    Why: if most training tasks answered yes or no, a model would learn that format and never
+    need to read the labels its instruction names. The same rule under several label words makes
+    the prompt the only place the right word can come from.
+    """
+    return (group, *(tuple(_reworded(rule, words) for rule in group) for words in vocabularies))
+
+
+def _reworded(rule: Rule, words: tuple[str, str]) -> Rule:
+    assert rule.labels == ("yes", "no"), f"only yes/no rules are reworded, not {rule.name}"
+    word = dict(zip(rule.labels, words))
+    definition = rule.definition.replace("'yes'", f"'{words[0]}'").replace("'no'", f"'{words[1]}'")
+    return Rule(f"{rule.name}_{words[0]}_{words[1]}", definition, words, lambda x: word[rule.label(x)], rule.fact)
+
+
 # --- numbers (training) ---------------------------------------------------------------------------
 
 _NUMBER_TASK = "You are given a whole number."
@@ -90,24 +114,24 @@ NUMBERS = Family(
     inputs=lambda: list(range(1, 10000)),
     render=str,
     groups=(
-        (
+        *_in_words((
             Rule("is_even", f"{_NUMBER_TASK} Answer 'yes' if the number is even, and 'no' if it is odd.",
                  ("yes", "no"), lambda n: _yes_no(n % 2 == 0),
                  lambda n: f"{n} is {'even' if n % 2 == 0 else 'odd'}"),
             Rule("is_greater_than_5000", f"{_NUMBER_TASK} Answer 'yes' if the number is greater than 5000, and 'no' otherwise.",
                  ("yes", "no"), lambda n: _yes_no(n > 5000),
                  lambda n: f"{n} is {'greater than' if n > 5000 else 'not greater than'} 5000"),
-        ),
+        ), ("true", "false")),
         (
             Rule("parity", f"{_NUMBER_TASK} Classify it as 'even' if it is divisible by 2 and as 'odd' otherwise.",
                  ("even", "odd"), lambda n: "even" if n % 2 == 0 else "odd",
                  lambda n: f"{n} leaves remainder {n % 2} when divided by 2"),
         ),
-        (
+        *_in_words((
             Rule("is_divisible_by_three", f"{_NUMBER_TASK} Answer 'yes' if the number is divisible by 3, and 'no' otherwise.",
                  ("yes", "no"), lambda n: _yes_no(n % 3 == 0),
                  lambda n: f"{n} leaves remainder {n % 3} when divided by 3"),
-        ),
+        ), ("red", "blue")),
     ),
 )
 
@@ -159,12 +183,12 @@ SENTIMENT = Family(
                  ("positive", "negative"), lambda r: "negative" if r.polarity == "positive" else "positive",
                  lambda r: f"{_opinion(r)} and the labels are swapped"),
         ),
-        (
+        *_in_words((
             Rule("is_positive", f"{_REVIEW_TASK} Answer 'yes' if the opinion is positive, and 'no' if it is negative.",
                  ("yes", "no"), lambda r: _yes_no(r.polarity == "positive"), _opinion),
             Rule("is_negative", f"{_REVIEW_TASK} Answer 'yes' if the opinion is negative, and 'no' if it is positive.",
                  ("yes", "no"), lambda r: _yes_no(r.polarity == "negative"), _opinion),
-        ),
+        ), ("agree", "disagree")),
     ),
 )
 
@@ -213,12 +237,12 @@ WORDS = Family(
             Rule("category", f"{_PHRASE_TASK} Say what its noun names: answer 'animal', 'fruit', 'tool' or 'vehicle'.",
                  ("animal", "fruit", "tool", "vehicle"), lambda p: p.kind, _names),
         ),
-        (
+        *_in_words((
             Rule("is_animal", f"{_PHRASE_TASK} Answer 'yes' if its noun names an animal, and 'no' otherwise.",
                  ("yes", "no"), lambda p: _yes_no(p.kind == "animal"), _names),
             Rule("is_tool", f"{_PHRASE_TASK} Answer 'yes' if its noun names a tool, and 'no' otherwise.",
                  ("yes", "no"), lambda p: _yes_no(p.kind == "tool"), _names),
-        ),
+        ), ("accept", "reject")),
     ),
 )
 
@@ -250,14 +274,14 @@ STRINGS = Family(
     inputs=_made_up_words,
     render=str,
     groups=(
-        (
+        *_in_words((
             Rule("starts_with_vowel", f"{_WORD_TASK} Answer 'yes' if its first letter is a vowel (a, e, i, o, u), and 'no' otherwise.",
                  ("yes", "no"), lambda w: _yes_no(w[0] in _VOWELS),
                  lambda w: f"'{w}' starts with '{w[0]}', {_vowel_or_consonant(w[0])}"),
             Rule("ends_with_vowel", f"{_WORD_TASK} Answer 'yes' if its last letter is a vowel (a, e, i, o, u), and 'no' otherwise.",
                  ("yes", "no"), lambda w: _yes_no(w[-1] in _VOWELS),
                  lambda w: f"'{w}' ends with '{w[-1]}', {_vowel_or_consonant(w[-1])}"),
-        ),
+        ), ("alpha", "beta")),
         (
             Rule("length", f"{_WORD_TASK} Answer 'long' if it has more than 5 letters, and 'short' otherwise.",
                  ("long", "short"), lambda w: "long" if len(w) > 5 else "short",
