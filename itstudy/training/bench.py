@@ -1,0 +1,437 @@
+"""`itstudy bench train`: training throughput of our step against Hugging Face's Seq2SeqTrainer.
+
+    itstudy bench train --shape t5-small --max-source 256 --max-target 64 --batch 8 --steps 12
+    python -m itstudy.training.bench train --shape t5-large --max-source 1024 --max-target 128 --batch 16
+
+Both sides get the same model (a named T5 shape, same seed, same initial weights), the same
+examples, the same global batch, precision, optimiser (fused AdamW, constant learning rate,
+gradient clipping 1.0) and number of steps, one epoch over the examples, no evaluation.
+Ours is `itstudy.training.engine` exactly as the training loop uses it: length-grouped global
+batches with dynamic padding. Hugging Face keeps its defaults (random batches padded to their
+longest member), except what makes it equivalent: batch, accumulation, steps, precision,
+constant schedule; `--hf-group-by-length` adds a row with its `group_by_length` sampler.
+
+Timing: one untimed forward and backward on the longest examples (gradients dropped), then one
+epoch over the examples, every step timed: both sides do exactly the same work. (Leaving out the
+first steps instead would favour Hugging Face's group_by_length sampler, which puts the longest,
+most expensive batch first.) `--repeats` alternates the sides and reports each figure's median.
+
+Measured: non-padding tokens/s (source + target), samples/s, model FLOPs utilisation and peak
+memory. MFU counts 6 FLOPs per parameter per token, split by stack:
+    FLOPs per step = 6 * N_enc * source_tokens + 6 * N_dec * target_tokens
+with N_enc the encoder's matmul weights and N_dec the decoder's plus the output projection
+(input embeddings excluded: a lookup), over non-padding tokens only; attention-score FLOPs
+(QK^T and AV) are left out, so MFU is slightly understated at long sources. Peak: 790 TFLOP/s
+for bf16 on H100/H200 (an 8192^3 bf16 matmul as measured there; stack notes), or on CPU an
+fp32 2048^3 matmul measured at start-up on this machine.
+
+Prompt lengths: (source, target) token counts of real Tk-Instruct prompts of the SuperNI sample
+(definition + 2 positive examples, T5 vocabulary), stored in `superni_lengths.json` next to this
+file (written by `python -m itstudy.training.bench profile`; numbers only, no text), clipped to
+--max-source / --max-target as truncation would. Token ids are random: content does not change
+the cost.
+
+This module imports only torch and transformers (and our torch-only engine and models), so it
+runs on a GPU box that has no Ray, MLflow, datasets or rouge-score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from itstudy.training.engine import Seq2SeqExample, StepPlan, collate, make_optimizer, make_scheduler, train_step
+from itstudy.training.models import NAMED_SHAPES, compute_dtype, new_t5, parameter_counts, t5_config
+
+LENGTHS_FILE = Path(__file__).with_name("superni_lengths.json")
+GPU_BF16_PEAK_FLOPS = 790e12  # measured 8192^3 bf16 matmul on H100 and H200 (docs/stack-notes)
+LEARNING_RATE = 1e-4
+PAD_ID, EOS_ID = 0, 1
+
+
+@dataclass
+class Measurement:
+    """One side of the comparison."""
+
+    name: str
+    tokens_per_s: float
+    """Non-padding source + target tokens per second of wall time, over the timed steps."""
+    tokens_per_cpu_s: float
+    """The same per second of this process's CPU time: on a shared CPU machine, what other
+    processes take inflates wall time but hardly CPU time (with one thread, nothing spins)."""
+    samples_per_s: float
+    mfu: float
+    """Model FLOPs per second over the peak (see module doc)."""
+    padding_fraction: float
+    """Share of the tokens in the padded tensors that are padding."""
+    peak_memory_gb: float
+    seconds: float
+    timed_steps: int
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def load_length_profile(path: Path = LENGTHS_FILE) -> list[list[tuple[int, int]]]:
+    """Per task, the (source, target) token counts of its prompts, from the profile file."""
+    profile = json.loads(path.read_text())
+    return [list(zip(task["source_lengths"], task["target_lengths"])) for task in profile["tasks"]]
+
+
+def synthetic_examples(
+    profile: list[list[tuple[int, int]]], count: int, max_source: int, max_target: int, vocab_size: int, seed: int
+) -> list[Seq2SeqExample]:
+    """`count` examples with random token ids ending in </s> and real prompt lengths (clipped like truncation).
+
+    A length pair is drawn from a uniformly chosen task, as a SuperNI training set holds the same
+    number of instances per task (drawing instances uniformly would over-weight the sample's long
+    classification tasks).
+    """
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(count):
+        source, target = rng.choice(rng.choice(profile))
+        source, target = min(source, max_source), min(target, max_target)
+        examples.append(
+            Seq2SeqExample(
+                input_ids=tuple(rng.randrange(2, vocab_size) for _ in range(source - 1)) + (EOS_ID,),
+                labels=tuple(rng.randrange(2, vocab_size) for _ in range(target - 1)) + (EOS_ID,),
+            )
+        )
+    return examples
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def cpu_peak_flops() -> float:
+    """fp32 FLOP/s of a 2048^3 matmul on this machine: the CPU's practical ceiling."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(2):
+        a @ b
+    start, repeats = time.perf_counter(), 10
+    for _ in range(repeats):
+        a @ b
+    return 2 * 2048**3 * repeats / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # ru_maxrss is the process's peak resident set in KiB (Linux): it includes the earlier side's peak.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class StepClock:
+    """Tokens of every forward pass (a forward pre-hook, the same for both sides) and the time from
+    the first optimiser step's start to the last one's end: both sides do exactly one epoch over
+    the same examples, so both are timed on identical work."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.device = device
+        self.started: float | None = None
+        self.ended = 0.0
+        self.cpu_started = self.cpu_ended = 0.0
+        self.steps = self.source = self.target = self.samples = self.padded = 0
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs) -> None:
+        self.source += int(kwargs["attention_mask"].sum())
+        self.target += int((kwargs["labels"] != -100).sum())
+        self.samples += len(kwargs["input_ids"])
+        self.padded += kwargs["input_ids"].numel() + kwargs["labels"].numel()
+
+    def step_started(self) -> None:
+        if self.started is None:
+            _sync(self.device)
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+    def step_done(self) -> None:
+        _sync(self.device)
+        self.ended, self.cpu_ended = time.perf_counter(), time.process_time()
+        self.steps += 1
+
+    def measurement(self, name: str, flops_per_token: tuple[float, float], peak_flops: float) -> Measurement:
+        seconds = self.ended - self.started
+        flops = flops_per_token[0] * self.source + flops_per_token[1] * self.target
+        return Measurement(
+            name=name,
+            tokens_per_s=(self.source + self.target) / seconds,
+            tokens_per_cpu_s=(self.source + self.target) / (self.cpu_ended - self.cpu_started),
+            samples_per_s=self.samples / seconds,
+            mfu=flops / seconds / peak_flops,
+            padding_fraction=1 - (self.source + self.target) / self.padded,
+            peak_memory_gb=_peak_memory_gb(self.device),
+            seconds=seconds,
+            timed_steps=self.steps,
+        )
+
+
+def warm_up(model, examples: list[Seq2SeqExample], device: torch.device, dtype: torch.dtype) -> None:
+    """One forward and backward on the longest examples, gradients dropped, before any clock runs:
+    kernels, allocator pools and autotuning are ready for both sides alike; weights are unchanged."""
+    longest = sorted(examples, key=lambda e: len(e.input_ids) + len(e.labels))[-2:]
+    batch = {key: value.to(device) for key, value in collate(longest, PAD_ID).items()}
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    _sync(device)
+
+
+# --- the two sides ---------------------------------------------------------------------------
+
+
+def run_ours(model, examples, args, device, dtype, clock: StepClock) -> None:
+    """The training loop's step: length-grouped batches, dynamic padding, fused AdamW, accumulation."""
+    accumulation = args.accumulation
+    global_batch = args.batch * accumulation
+    plan = StepPlan([len(e.input_ids) + len(e.labels) for e in examples], global_batch, args.seed)
+    optimizer = make_optimizer(model, LEARNING_RATE, 0.0)
+    scheduler = make_scheduler(optimizer, "constant", 0, plan.per_epoch)
+    model.train()
+    for step in range(plan.per_epoch):
+        clock.step_started()
+        micro_batches = [collate([examples[i] for i in indices], PAD_ID) for indices in plan.micro_batches(step, 0, 1, accumulation)]
+        target_tokens = sum(int((batch["labels"] != -100).sum()) for batch in micro_batches)
+        train_step(
+            model, micro_batches, optimizer, scheduler, step_target_tokens=target_tokens, world_size=1, dtype=dtype, grad_clip=1.0
+        )
+        clock.step_done()
+
+
+def run_hugging_face(model, examples, args, device, dtype, clock: StepClock, group_by_length: bool) -> None:
+    """Seq2SeqTrainer at its defaults, made equivalent in batch, accumulation, steps, precision and schedule."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            clock.step_started()
+
+        def on_step_end(self, *_, **__):
+            clock.step_done()
+
+    def collator(features):
+        # Pads to the longest member of the batch, as DataCollatorForSeq2Seq(padding=True) does.
+        return collate([Seq2SeqExample(tuple(f["input_ids"]), tuple(f["labels"])) for f in features], PAD_ID)
+
+    dataset = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in examples]
+    steps = len(examples) // (args.batch * args.accumulation)
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = Seq2SeqTrainingArguments(
+            output_dir=output_dir,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=args.accumulation,
+            max_steps=steps,
+            learning_rate=LEARNING_RATE,
+            lr_scheduler_type="constant",
+            bf16=dtype == torch.bfloat16,
+            use_cpu=device.type == "cpu",
+            seed=args.seed,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            **(_group_by_length_option(Seq2SeqTrainingArguments) if group_by_length else {}),
+        )
+        trainer = Seq2SeqTrainer(
+            model=model, args=training_args, train_dataset=dataset, data_collator=collator, callbacks=[Clock()]
+        )
+        trainer.train()
+
+
+def _group_by_length_option(arguments_class) -> dict:
+    # transformers 5.23 spells it train_sampling_strategy; the GPU box's 5.17 may still have the older flag.
+    names = {field.name for field in dataclasses.fields(arguments_class)}
+    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names else {"group_by_length": True}
+
+
+def bench_train(args) -> dict:
+    """Run both sides on identical inputs and return the results as plain data."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = compute_dtype(args.precision, device)
+    config = t5_config(args.shape)
+    profile = load_length_profile(Path(args.lengths))
+    global_batch = args.batch * args.accumulation
+    examples = synthetic_examples(
+        profile, global_batch * args.steps, args.max_source, args.max_target, config.vocab_size, args.seed
+    )
+    # MFU is stated against bf16 peak on GPU and measured fp32 peak on CPU; fp32 on GPU has no stated peak here.
+    peak = cpu_peak_flops() if device.type == "cpu" else GPU_BF16_PEAK_FLOPS if dtype == torch.bfloat16 else float("nan")
+    sides = [("ours (itstudy engine)", run_ours, {})]
+    if not args.no_hf:
+        sides.append(("Seq2SeqTrainer (defaults)", run_hugging_face, {"group_by_length": False}))
+        if args.hf_group_by_length:
+            sides.append(("Seq2SeqTrainer (group_by_length)", run_hugging_face, {"group_by_length": True}))
+    # Sides alternate, `repeats` rounds, and each figure is a median over rounds: on a shared machine the
+    # load changes during a run, and alternating spreads it over both sides.
+    rounds: dict[str, list[Measurement]] = {name: [] for name, _, _ in sides}
+    load_before = os.getloadavg()[0]
+    for _ in range(args.repeats):
+        for name, run, options in sides:
+            model = new_t5(config, args.seed).to(device)
+            counts = parameter_counts(model)
+            flops_per_token = (6.0 * counts["encoder"], 6.0 * counts["decoder"])
+            warm_up(model, examples, device, dtype)
+            clock = StepClock(model, device)
+            _reset_peak_memory(device)
+            run(model, examples, args, device, dtype, clock, **options)
+            rounds[name].append(clock.measurement(name, flops_per_token, peak))
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    results = [_median(name, measured) for name, measured in rounds.items()]
+    return {
+        "machine": _machine(device),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
+        "setup": {
+            "shape": args.shape,
+            "parameters": counts["total"],
+            "precision": str(dtype).removeprefix("torch."),
+            "max_source": args.max_source,
+            "max_target": args.max_target,
+            "per_device_batch": args.batch,
+            "accumulation": args.accumulation,
+            "steps": args.steps,
+            "peak_flops": peak,
+            "repeats": args.repeats,
+            "load_average_before_after": [load_before, os.getloadavg()[0]],
+            "command": "itstudy bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        },
+        "results": [asdict(result) for result in results],
+        "all_rounds": {name: [asdict(m) for m in measured] for name, measured in rounds.items()},
+    }
+
+
+def _median(name: str, rounds: list[Measurement]) -> Measurement:
+    """Each figure's median over the rounds."""
+    figures = {field.name for field in dataclasses.fields(Measurement)} - {"name"}
+    return Measurement(name=name, **{key: statistics.median(getattr(m, key) for m in rounds) for key in figures})
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def print_report(report: dict) -> None:
+    setup = report["setup"]
+    print(f"{setup['shape']} ({setup['parameters'] / 1e6:.1f}M params), {setup['precision']}, source<={setup['max_source']} "
+          f"target<={setup['max_target']}, batch {setup['per_device_batch']} x {setup['accumulation']} accumulation, "
+          f"{setup['steps']} steps (one epoch, all timed, after one warm-up pass) on {report['machine']}")
+    print(f"  peak for MFU: {setup['peak_flops'] / 1e12:.3g} TFLOP/s; median of {setup['repeats']} alternating rounds; "
+          f"load average {setup['load_average_before_after'][0]:.1f} before, {setup['load_average_before_after'][1]:.1f} after")
+    header = f"  {'':34s} {'tokens/s':>10s} {'tok/CPU-s':>10s} {'samples/s':>10s} {'MFU':>7s} {'padding':>8s} {'peak mem GB':>12s}"
+    print(header)
+    for r in report["results"]:
+        print(f"  {r['name']:34s} {r['tokens_per_s']:10.0f} {r['tokens_per_cpu_s']:10.0f} {r['samples_per_s']:10.2f} "
+              f"{r['mfu']:7.2%} {r['padding_fraction']:8.1%} {r['peak_memory_gb']:12.2f}")
+    ours = report["results"][0]
+    for other in report["results"][1:]:
+        print(f"  ratio ours / {other['name']}: {ours['tokens_per_s'] / other['tokens_per_s']:.2f}x tokens/s, "
+              f"{ours['tokens_per_cpu_s'] / other['tokens_per_cpu_s']:.2f}x tokens per CPU-second")
+
+
+# --- the length profile ----------------------------------------------------------------------
+
+
+def write_length_profile(out: Path, max_source: int, max_target: int) -> None:
+    """Measure (source, target) token counts of the Tk-Instruct prompts of every SuperNI task in
+    $ITSTUDY_SUPERNI_DIR with the T5 vocabulary in $ITSTUDY_T5_TOKENIZER (needs the full install)."""
+    from itstudy.config import VariantConfig
+    from itstudy.data import load_task_file
+    from itstudy.prompts import build_source
+    from itstudy.training.models import load_tokenizer
+    from itstudy.variants import apply_variant
+
+    tokenizer = load_tokenizer("t5")
+    files = sorted(Path(os.environ["ITSTUDY_SUPERNI_DIR"], "tasks").glob("*.json"))
+    tasks = []
+    for path in files:
+        task = apply_variant(load_task_file(path), VariantConfig(), seed=0)
+        sources = [build_source(task, instance.input, tokenizer, max_source) for instance in task.instances]
+        targets = [instance.outputs[0].strip() for instance in task.instances]
+        tasks.append(
+            {
+                "source_lengths": [len(ids) for ids in tokenizer(sources, truncation=True, max_length=max_source)["input_ids"]],
+                "target_lengths": [len(ids) for ids in tokenizer(targets, truncation=True, max_length=max_target)["input_ids"]],
+            }
+        )
+    profile = {
+        "what": "per task: token counts of Tk-Instruct prompts (definition + 2 positive examples) and of first references, T5 vocabulary",
+        "data": f"every instance of the {len(files)} task files of the SuperNI sample ($ITSTUDY_SUPERNI_DIR)",
+        "command": f"python -m itstudy.training.bench profile --max-source {max_source} --max-target {max_target}",
+        "tasks": tasks,
+    }
+    out.write_text(json.dumps(profile) + "\n")
+    print(f"wrote the prompt lengths of {len(tasks)} tasks to {out}")
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="itstudy bench", description="Benchmarks (see itstudy/training/bench.py).")
+    commands = parser.add_subparsers(dest="what", required=True)
+    train = commands.add_parser("train", help="training throughput: ours vs Seq2SeqTrainer")
+    train.add_argument("--shape", choices=list(NAMED_SHAPES), default="t5-small")
+    train.add_argument("--max-source", type=int, default=1024, help="source tokens kept (default 1024)")
+    train.add_argument("--max-target", type=int, default=128, help="target tokens kept (default 128)")
+    train.add_argument("--batch", type=int, default=8, help="sequences per forward pass")
+    train.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimiser step")
+    train.add_argument("--steps", type=int, default=20, help="optimiser steps (one epoch of steps x global batch examples)")
+    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="CPU threads for both sides (default: torch's)")
+    train.add_argument("--repeats", type=int, default=1, help="alternate the sides this many rounds; report medians")
+    train.add_argument("--lengths", default=str(LENGTHS_FILE), help="length profile JSON")
+    train.add_argument("--no-hf", action="store_true", help="measure ours only")
+    train.add_argument("--hf-group-by-length", action="store_true", help="also run Seq2SeqTrainer with group_by_length")
+    train.add_argument("--out", help="write the results as JSON here")
+    profile = commands.add_parser("profile", help="measure SuperNI prompt lengths into the profile file")
+    profile.add_argument("--max-source", type=int, default=1024)
+    profile.add_argument("--max-target", type=int, default=128)
+    profile.add_argument("--out", default=str(LENGTHS_FILE))
+    return parser
+
+
+def bench_command(argv: list[str]) -> dict | None:
+    """`itstudy bench ...`: parse `argv` (what follows 'bench'), run, print; returns the train report."""
+    args = build_parser().parse_args(argv)
+    if args.what == "profile":
+        write_length_profile(Path(args.out), args.max_source, args.max_target)
+        return None
+    report = bench_train(args)
+    print_report(report)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    bench_command(sys.argv[1:])

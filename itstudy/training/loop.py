@@ -1,0 +1,415 @@
+"""One training run on one worker: the loop that Ray Train, a Ray Tune trial or a plain process drives.
+
+    run_worker(job, reporter) -> final metrics
+
+`job` (a `WorkerJob`) carries the study, its tokenised data and the tokenizer, prepared once by
+the driver (`itstudy.training.prepare`), and the MLflow run id the driver created. `reporter`
+(`itstudy.training.reporter`) says where this worker runs and takes its reports; the loop is the
+same under Ray Train (N workers, DDP: gloo on CPU, NCCL on GPU), under a Tune trial, and
+without Ray (one process or torchrun).
+
+What one run does:
+- builds the model (named shape from scratch, seeded; or `from_pretrained`), or restores it with
+  optimiser, schedule, step and every rank's RNG state from the checkpoint the driver hands back;
+- trains for `total_steps` optimiser steps of `train.global_batch_size` sequences; gradient
+  accumulation is derived from world size and per-device batch (`config.gradient_accumulation`);
+  batches are grouped by length and padded dynamically (`itstudy.training.engine`);
+- every `train.eval_every_steps` and at the end: greedy generation on the test prompts, SuperNI
+  metrics, a checkpoint (written by rank 0, reported by every rank), retention by the driver;
+- rank 0 logs into the MLflow run whose id it was given (never a run of its own): config and
+  params once, environment, dataset lineage, training metrics every `train.log_every_steps`,
+  evaluation metrics, and at the end predictions.jsonl, task_metrics.csv; tracking failures are
+  retried and then dropped by `itstudy.tracking.RunLogger`, never raised into training.
+
+Resuming from a checkpoint replays exactly what an uninterrupted run does: the data order is a
+function of (seed, step), and the RNG states are restored per rank. A checkpoint written for other
+token ids or another world size is refused. The run is ended (FINISHED / FAILED) by the driver,
+which also knows where Ray stored the final checkpoint.
+
+`train.fail_at_step` is fault injection for tests: rank 0 raises at that step unless it resumed.
+MLflow is imported only when a run id is given (tracking imports it), Ray not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+from itstudy.config import ConfigError, Study, config_digest, gradient_accumulation, to_plain
+from itstudy.metrics import aggregate, score_predictions
+from itstudy.training.engine import StepPlan, StepResult, collate, make_optimizer, make_scheduler, total_steps, train_step
+from itstudy.training.evaluate import generate_predictions
+from itstudy.training.models import build_model, compute_dtype, load_model, parameter_counts
+from itstudy.training.prepare import RunData, prepare_run
+from itstudy.training.reporter import PlainReporter, Reporter
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by `train.fail_at_step` to test recovery."""
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every worker of one run receives from the driver."""
+
+    study: Study
+    data: RunData
+    tokenizer: Any
+    run_id: str | None = None
+    """The MLflow run rank 0 logs into; None: no tracking."""
+    tracking_uri: str | None = None
+
+
+def run_worker(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
+    """Train and evaluate as configured, resuming from the reporter's checkpoint if it has one.
+
+    Returns the last evaluation's metrics on rank 0 and {} on other ranks.
+    """
+    tracker = _open_tracker(job, reporter)
+    with _cpu_threads(job.study, reporter.device):
+        try:
+            return _train(job, reporter, tracker)
+        finally:
+            if tracker:
+                tracker.flush()  # a failing worker's buffered metrics are kept too
+
+
+@contextlib.contextmanager
+def _cpu_threads(study: Study, device: torch.device):
+    """On CPU, compute with the worker's own CPUs (resources.cpus_per_worker), as Ray would allot them.
+
+    More threads than cores is ruinous: on a shared 2-core machine a tiny model ran 7x slower with
+    2 threads than with 1, the OpenMP threads waiting on each other. The setting is restored after.
+    """
+    previous = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(study.resources.cpus_per_worker)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(job: WorkerJob, reporter: Reporter, tracker) -> dict[str, float]:
+    loop_started = time.perf_counter()
+    study, train = job.study, job.study.train
+    accumulation = gradient_accumulation(train, reporter.world_size)
+    steps = total_steps(len(job.data.train), train.global_batch_size, train.epochs, train.max_steps)
+    dtype = compute_dtype(study.model.precision, reporter.device)
+    plan = StepPlan([len(e.input_ids) + len(e.labels) for e in job.data.train], train.global_batch_size, study.seed)
+
+    restored = reporter.restored_checkpoint()
+    saved = _read_trainer_state(restored, job, reporter.world_size) if restored else None
+    model = load_model(restored / "model") if restored else build_model(study.model.name, job.tokenizer, study.seed)
+    model.to(reporter.device)
+    trained = DistributedDataParallel(model, device_ids=_device_ids(reporter)) if reporter.world_size > 1 else model
+    optimizer = make_optimizer(model, train.learning_rate, train.weight_decay)
+    scheduler = make_scheduler(optimizer, train.schedule, train.warmup_steps, steps)
+    if saved:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"][reporter.rank])
+    else:
+        _seed_everything(study.seed + reporter.rank)  # per-rank dropout masks, reproducible
+    start = saved["step"] if saved else 0
+
+    if tracker:
+        _log_run_start(tracker, job, reporter, accumulation, steps, model, dtype)
+    if start >= steps:  # the run had already finished: report its final figures again, train nothing
+        metrics = saved["metrics"]
+        reporter.report({"step": start, **metrics})
+        return metrics if reporter.rank == 0 else {}
+
+    metrics: dict[str, float] = {}
+    training: dict[str, float] = {}
+    window = _Window()
+    model.train()
+    for step in range(start, steps):
+        if train.fail_at_step == step + 1 and restored is None and reporter.rank == 0:
+            raise InjectedFault(f"train.fail_at_step={train.fail_at_step}: injected failure before step {step + 1}")
+        micro_batches = [
+            collate([job.data.train[index] for index in indices], job.tokenizer.pad_token_id)
+            for indices in plan.micro_batches(step, reporter.rank, reporter.world_size, accumulation)
+        ]
+        step_target_tokens = sum(len(job.data.train[index].labels) for index in plan.global_batch(step))
+        window.add(
+            train_step(
+                trained,
+                micro_batches,
+                optimizer,
+                scheduler,
+                step_target_tokens=step_target_tokens,
+                world_size=reporter.world_size,
+                dtype=dtype,
+                grad_clip=train.grad_clip,
+            )
+        )
+        done = step + 1
+        evaluate = done == steps or (train.eval_every_steps is not None and done % train.eval_every_steps == 0)
+        if evaluate or done % train.log_every_steps == 0:
+            training = window.close(reporter, scheduler.get_last_lr()[0])
+            if tracker:
+                tracker.log_metrics(training, step=done)
+        if evaluate:
+            # loop_s: this attempt's seconds in the loop so far (the sweep derives orchestration overhead from it)
+            training = {**training, "loop_s": time.perf_counter() - loop_started}
+            metrics = _evaluate_and_checkpoint(
+                job, reporter, model, optimizer, scheduler, done, dtype, tracker, training, final=done == steps
+            )
+            window.restart()
+    return metrics
+
+
+def _device_ids(reporter: Reporter) -> list[int] | None:
+    return [reporter.device.index] if reporter.device.type == "cuda" else None
+
+
+# --- training metrics --------------------------------------------------------------------------
+
+
+class _Window:
+    """Training figures summed since the last log, reduced over ranks when logged."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget what was summed; time from now (evaluation time is not training time)."""
+        self.sums = StepResult(0.0, 0, 0, 0)
+        self.started = time.perf_counter()
+
+    def add(self, result: StepResult) -> None:
+        for name in ("loss_sum", "target_tokens", "source_tokens", "samples"):
+            setattr(self.sums, name, getattr(self.sums, name) + getattr(result, name))
+
+    def close(self, reporter: Reporter, learning_rate: float) -> dict[str, float]:
+        """train_loss (token mean over all ranks), learning_rate, tokens_per_s and samples_per_s; then restart."""
+        s = self.sums
+        totals = torch.tensor([s.loss_sum, s.target_tokens, s.source_tokens, s.samples], dtype=torch.float64)
+        if reporter.world_size > 1:
+            # gloo reduces CPU tensors; NCCL needs them on the GPU
+            totals = totals.to(reporter.device)
+            dist.all_reduce(totals)
+        loss_sum, target_tokens, source_tokens, samples = totals.tolist()
+        elapsed = time.perf_counter() - self.started
+        self.restart()
+        return {
+            "train_loss": loss_sum / max(target_tokens, 1),
+            "learning_rate": learning_rate,
+            "tokens_per_s": (source_tokens + target_tokens) / elapsed,
+            "samples_per_s": samples / elapsed,
+        }
+
+
+# --- evaluation and checkpoints ----------------------------------------------------------------
+
+
+def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, dtype, tracker, training, final):
+    """Evaluate on every rank; on rank 0 score, checkpoint and return training + evaluation figures.
+
+    Every rank reports (a barrier); only rank 0 passes the checkpoint and the figures.
+    """
+    predictions = generate_predictions(
+        model,
+        job.tokenizer,
+        job.data.test,
+        batch_size=job.study.eval.batch_size,
+        max_new_tokens=job.study.eval.max_new_tokens,
+        dtype=dtype,
+        rank=reporter.rank,
+        world_size=reporter.world_size,
+    )
+    rng_states = _gather_rng_states(reporter)
+    if reporter.rank != 0:
+        reporter.report({"step": step})
+        return {}
+    scored = score_predictions(predictions)
+    evaluation = aggregate(scored)
+    if tracker and final:
+        from itstudy.tracking import log_predictions
+
+        log_predictions(tracker, scored, step=step)
+    elif tracker:
+        tracker.log_metrics(evaluation, step=step)
+    metrics = {**training, **evaluation}
+    checkpoint = _write_checkpoint(job, model, optimizer, scheduler, step, rng_states, metrics)
+    try:
+        reporter.report({"step": step, **metrics}, checkpoint_dir=checkpoint)
+    finally:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the reporter has copied or moved it
+    return metrics
+
+
+def _write_checkpoint(job, model, optimizer, scheduler, step, rng_states, metrics) -> Path:
+    """A self-describing folder: model and tokenizer (save_pretrained), trainer state, config, metrics."""
+    folder = Path(tempfile.mkdtemp(prefix=f"itstudy-checkpoint-{step}-"))
+    model.save_pretrained(folder / "model")
+    job.tokenizer.save_pretrained(folder / "tokenizer")
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+        "world_size": len(rng_states),
+        "token_digest": job.data.token_digest,
+        "config_digest": config_digest(job.study),
+        "metrics": metrics,
+    }
+    torch.save(state, folder / TRAINER_STATE)
+    (folder / "config.yaml").write_text(yaml.safe_dump(to_plain(job.study), sort_keys=False))
+    (folder / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+    return folder
+
+
+def _read_trainer_state(folder: Path, job: WorkerJob, world_size: int) -> dict:
+    """The saved trainer state, refused if it belongs to other data or another world size."""
+    state = torch.load(folder / TRAINER_STATE, weights_only=False)
+    if state["token_digest"] != job.data.token_digest:
+        raise ConfigError(
+            f"checkpoint {folder}: written for other token ids (digest {state['token_digest']}, this run "
+            f"{job.data.token_digest}): data, variant or tokenizer changed; start a new run instead"
+        )
+    if state["world_size"] != world_size:
+        raise ConfigError(
+            f"checkpoint {folder}: written by {state['world_size']} workers, this run has {world_size}; "
+            f"resuming would change the data split and the result; use resources.workers_per_trial={state['world_size']}"
+        )
+    return state
+
+
+# --- random state ------------------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def _rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather_rng_states(reporter: Reporter) -> list[dict]:
+    """Every rank's RNG state, indexed by rank (rank 0 saves them all)."""
+    if reporter.world_size == 1:
+        return [_rng_state()]
+    states: list[dict] = [{} for _ in range(reporter.world_size)]
+    dist.all_gather_object(states, _rng_state())
+    return states
+
+
+# --- tracking ----------------------------------------------------------------------------------
+
+
+def _open_tracker(job: WorkerJob, reporter: Reporter):
+    """Rank 0's RunLogger for the driver's run, checked at worker start; None without a run id."""
+    if reporter.rank != 0 or not job.run_id:
+        return None
+    from itstudy.tracking import RunLogger, check_tracking
+
+    check_tracking(job.tracking_uri)
+    return RunLogger(job.tracking_uri, job.run_id)
+
+
+def _log_run_start(tracker, job, reporter, accumulation, steps, model, dtype) -> None:
+    """Config, environment, run shape and data lineage; params already logged are skipped on resume."""
+    study, data = job.study, job.data
+    tracker.log_config(study)
+    tracker.log_environment()
+    tracker.log_params(
+        {
+            "run": {
+                "world_size": reporter.world_size,
+                "per_device_batch_size": study.train.per_device_batch_size,
+                "gradient_accumulation": accumulation,
+                "effective_batch_size": study.train.per_device_batch_size * reporter.world_size * accumulation,
+                "total_steps": steps,
+                "train_examples": len(data.train),
+                "test_instances": len(data.test),
+                "model_parameters": parameter_counts(model)["total"],
+                "compute_dtype": str(dtype).removeprefix("torch."),
+                "device": reporter.device.type,
+                "token_digest": data.token_digest,
+            }
+        }
+    )
+    name = f"{study.name}-{study.data.source}"
+    tracker.log_dataset(data.digest, data.source, name=name, n_instances=len(data.train), context="training")
+    tracker.log_dataset(data.digest, data.source, name=name, n_instances=len(data.test), context="evaluation")
+    tracker.log_text("\n\n----------\n\n".join(data.sample_prompts) + "\n", "prompts.txt")
+    if data.notes:
+        tracker.log_text("\n".join(data.notes) + "\n", "data_notes.txt")
+    tracker.flush()
+
+
+# --- without Ray: one process, or torchrun -----------------------------------------------------
+
+
+def run_plain(study: Study, checkpoint_root: str | Path) -> dict[str, float]:
+    """One run without Ray: this process alone, or one rank of a torchrun launch; no MLflow.
+
+    Every rank prepares the data itself (deterministic) and the ranks check that they agree;
+    checkpoints go to `checkpoint_root`, and the newest one there is resumed.
+    """
+    reporter = PlainReporter(checkpoint_root, keep=study.train.checkpoints_to_keep)
+    tokenizer, data = prepare_run(study)
+    if reporter.world_size > 1:
+        digests: list[str] = [""] * reporter.world_size
+        dist.all_gather_object(digests, data.token_digest)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"ranks prepared different token ids ({digests}); check that every rank sees the same data")
+    return run_worker(WorkerJob(study=study, data=data, tokenizer=tokenizer), reporter)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m itstudy.training.loop EXPERIMENT [KEY=VALUE ...] --checkpoints DIR [--metrics-out FILE]
+
+    Under `torchrun --nproc-per-node N -m itstudy.training.loop ...` each process is one rank.
+    """
+    import argparse
+
+    import transformers
+
+    from itstudy.config import load_study
+
+    transformers.utils.logging.disable_progress_bar()  # one bar per checkpoint write
+    parser = argparse.ArgumentParser(prog="python -m itstudy.training.loop", description=run_plain.__doc__)
+    parser.add_argument("experiment")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--checkpoints", required=True, help="folder for checkpoints (resumed from if it has any)")
+    parser.add_argument("--metrics-out", help="rank 0 writes the final metrics here as JSON")
+    args = parser.parse_args(argv)
+    metrics = run_plain(load_study(args.experiment, args.overrides), args.checkpoints)
+    if metrics and args.metrics_out:
+        Path(args.metrics_out).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Models, tokenizers and precision for T5 instruction tuning.
+
+A model is one of:
+- a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests; `t5-small`,
+  `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt architecture: gated-GELU, untied
+  input and output embeddings, vocabulary 32128), since no pretrained weights are reachable here;
+- a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path.
+
+A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_TOKENIZER, else
+the hub), a hub id or folder, or a byte-level BPE trained on the run's own texts (`bpe`).
+
+Precision is bf16 (autocast, fp32 master weights, as Hugging Face's Trainer does) or fp32; `auto`
+picks bf16 on GPU and fp32 on CPU. fp16 is refused: T5 overflows to NaN in fp16.
+
+This module imports only torch, transformers and tokenizers (no Ray, MLflow or pydantic), so the
+benchmark can use it on a GPU box that has nothing else. Errors are `ModelSpecError`s that name
+the value and say what was expected; `itstudy.training.runner` turns them into config errors that
+name the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5TokenizerFast,
+)
+
+T5_TOKENIZER_ENV = "ITSTUDY_T5_TOKENIZER"
+# Every T5 / v1.1 / lm-adapt checkpoint uses this one SentencePiece vocabulary.
+T5_TOKENIZER_HUB_ID = "google-t5/t5-small"
+T5_VOCAB_SIZE = 32128  # the T5 embedding size: 32100 SentencePiece pieces padded to a multiple of 128
+
+# The T5 v1.1 / lm-adapt architectures (google/t5-v1_1-*, google/t5-*-lm-adapt config.json files).
+_V11 = {"feed_forward_proj": "gated-gelu", "d_kv": 64, "relative_attention_num_buckets": 32}
+NAMED_SHAPES: dict[str, dict] = {
+    "t5-tiny": {"feed_forward_proj": "gated-gelu", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4},
+    "t5-small": {**_V11, "d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
+    "t5-base": {**_V11, "d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
+    "t5-large": {**_V11, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
+    "t5-xl": {**_V11, "d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32},
+}
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class ModelSpecError(ValueError):
+    """A model, tokenizer or precision that cannot be used; the message names it and says why."""
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: `auto` is bf16 on GPU and fp32 on CPU; fp16 is refused for T5."""
+    if precision == "fp16":
+        raise ModelSpecError(
+            "precision 'fp16' is refused for T5: it overflows to NaN in fp16 (transformers#4938); use bf16 or fp32"
+        )
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise ModelSpecError(f"precision {precision!r}: expected one of auto, bf16, fp32")
+    return PRECISIONS[precision]
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def is_named_shape(name: str) -> bool:
+    return name in NAMED_SHAPES
+
+
+def check_model_available(name: str) -> None:
+    """Raise ModelSpecError unless `name` is a named shape, a model folder, or a reachable hub id.
+
+    For hub ids this reads only `config.json` (from the cache when offline), so a typo or an
+    offline machine fails here, in the driver, before any worker starts.
+    """
+    if is_named_shape(name):
+        return
+    if Path(name).expanduser().is_dir():
+        if not (Path(name).expanduser() / "config.json").is_file():
+            raise ModelSpecError(f"model {name!r}: the folder has no config.json (save it with save_pretrained)")
+        config = AutoConfig.from_pretrained(str(Path(name).expanduser()))
+    else:
+        # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        try:
+            config = AutoConfig.from_pretrained(name, local_files_only=offline)
+        except (OSError, ValueError) as error:
+            where = "in the local Hugging Face cache while offline (HF_HUB_OFFLINE=1)" if offline else "on the Hugging Face hub"
+            raise ModelSpecError(
+                f"model {name!r}: not a named shape ({', '.join(NAMED_SHAPES)}), not a local folder, and not "
+                f"found {where}: {str(error).splitlines()[0]}"
+            ) from None
+    if not getattr(config, "is_encoder_decoder", False):
+        raise ModelSpecError(
+            f"model {name!r}: a {config.model_type} model is not an encoder-decoder; this trainer fine-tunes T5-style seq2seq models"
+        )
+
+
+def t5_config(shape: str, vocab_size: int = T5_VOCAB_SIZE, pad_id: int = 0, eos_id: int = 1) -> T5Config:
+    """The T5Config of a named shape; T5 starts decoding from the pad token."""
+    if not is_named_shape(shape):
+        raise ModelSpecError(f"model shape {shape!r}: expected one of {', '.join(NAMED_SHAPES)}")
+    return T5Config(
+        **NAMED_SHAPES[shape],
+        vocab_size=vocab_size,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        decoder_start_token_id=pad_id,
+        tie_word_embeddings=False,  # v1.1 / lm-adapt: separate output embedding, no decoder-output rescaling
+    )
+
+
+def new_t5(config: T5Config, seed: int) -> T5ForConditionalGeneration:
+    """A T5 with random weights drawn from `seed`, output embedding untied from the input one.
+
+    transformers 5 always ties T5's lm_head to the shared embedding at construction (it unties
+    only when a checkpoint holds both with different values), so the v1.1 head is split off here;
+    `save_pretrained` then writes both and `from_pretrained` reads them back untied.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config)
+        # T5's own init for an untied head: N(0, initializer_factor).
+        head = torch.empty_like(model.shared.weight).normal_(0.0, config.initializer_factor)
+    model.lm_head.weight = nn.Parameter(head)
+    # Forget the tie so save_pretrained writes lm_head (transformers >= 5 keeps the map here).
+    getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+    return model
+
+
+def padded_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The embedding rows for `tokenizer`: its size rounded up to a multiple of 128 (T5: 32100 -> 32128)."""
+    return math.ceil(len(tokenizer) / 128) * 128
+
+
+def build_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A named shape from scratch (seeded, sized to the tokenizer), else `from_pretrained(name)`."""
+    if is_named_shape(name):
+        config = t5_config(name, padded_vocab_size(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+        return new_t5(config, seed)
+    check_model_available(name)
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise ModelSpecError(
+            f"model {name!r} has {model.get_input_embeddings().num_embeddings} embeddings but the tokenizer has "
+            f"{len(tokenizer)} tokens; use the model's own tokenizer"
+        )
+    return model
+
+
+def load_model(folder: str | Path) -> PreTrainedModel:
+    """A model saved with `save_pretrained` (a checkpoint's `model/` folder)."""
+    return AutoModelForSeq2SeqLM.from_pretrained(str(folder))
+
+
+def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
+    """Parameters: total, and the encoder / decoder matmul weights that the FLOPs formula counts.
+
+    `encoder` and `decoder` leave out the input embedding (a lookup, no FLOPs); `decoder`
+    includes the output projection (lm_head), which is a matmul over every target token.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    encoder = sum(p.numel() for p in model.get_encoder().parameters()) - embedding
+    head = model.get_output_embeddings().weight.numel()
+    decoder = sum(p.numel() for p in model.get_decoder().parameters()) - embedding + head
+    return {"total": total, "encoder": encoder, "decoder": decoder}
+
+
+# --- tokenizers --------------------------------------------------------------------------------
+
+
+def t5_tokenizer_location() -> str:
+    """$ITSTUDY_T5_TOKENIZER (a folder holding spiece.model), else the hub id of the T5 vocabulary."""
+    return os.environ.get(T5_TOKENIZER_ENV) or T5_TOKENIZER_HUB_ID
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """`t5`, a hub id or a folder; `bpe` tokenizers are built with `train_bpe_tokenizer` instead."""
+    if spec == "bpe":
+        raise ModelSpecError("tokenizer 'bpe' is trained on the run's texts: call train_bpe_tokenizer")
+    location = t5_tokenizer_location() if spec == "t5" else spec
+    # A folder holding only spiece.model has no tokenizer config for AutoTokenizer to dispatch on.
+    loader = T5TokenizerFast if spec == "t5" else AutoTokenizer
+    try:
+        return loader.from_pretrained(location)
+    except (OSError, ValueError) as error:
+        hint = f" (set ${T5_TOKENIZER_ENV} to a folder holding spiece.model)" if spec == "t5" else ""
+        raise ModelSpecError(f"tokenizer {spec!r}: cannot load {location!r}{hint}: {str(error).splitlines()[0]}") from None
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts`, with T5's special-token layout (pad 0, eos 1, unk 2).
+
+    Byte-level so that any text round-trips through encode/decode (no unknown characters at test
+    time); BPE because the `tokenizers` Unigram trainer degenerates to single characters on small
+    corpora. Like T5's, it appends </s> to every sequence.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")

@@ -1,0 +1,221 @@
+"""One training run on Ray Train, and the `itstudy train` command.
+
+    result = run_training(study)          # checks, prepares, trains on a TorchTrainer, tracks
+    train_command(study)                  # the same, printing the final metrics and the MLflow run id
+
+The driver does, in this order, and refuses bad settings before any Ray resource is taken:
+1. `check_run`: global batch divisible by workers x per-device batch, the model name known (a
+   named shape, a folder, or a hub id reachable offline), a tokenizer that fits the model; then
+   the tracking store must answer (`check_tracking`);
+2. `prepare_job`: data -> variant -> prompts -> token ids, once (`itstudy.training.prepare`);
+3. MLflow: the experiment, and one run created here whose id every worker receives (rank 0 logs
+   into it; workers never create runs). Rerunning the same config reuses the run and resumes;
+4. `build_trainer`: a `TorchTrainer` with `workers_per_trial` workers (DDP; gloo on CPU, NCCL on
+   GPU), `FailureConfig(max_failures)` restarting from the last checkpoint, `num_to_keep`
+   checkpoints, and the tracking environment in the workers' runtime env. Its run name derives
+   from the config, so running the same command again resumes (Ray reuses name + storage path);
+5. after `fit`, the run is ended FINISHED with a tag pointing at the final checkpoint (the model
+   saved with `save_pretrained`), or FAILED with error.txt.
+
+For Ray Tune (`itstudy.sweep`): a single-worker trial calls `run_worker(prepare_job(...),
+TuneReporter())` inside its function trainable; a multi-worker trial calls `build_trainer(job,
+run_name=..., storage_path=..., callbacks=[TuneReportCallback()])` and `fit()` inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray
+import ray.train
+import transformers
+from ray.train.torch import TorchTrainer
+
+from itstudy.config import ConfigError, Study, config_digest, gradient_accumulation, itstudy_home
+from itstudy.tracking import (
+    RunLogger,
+    check_tracking,
+    create_run,
+    ensure_experiment,
+    experiment_name,
+    find_runs,
+    resolve_tracking_uri,
+    tracking_env,
+)
+from itstudy.training.engine import batches_per_epoch
+from itstudy.training.loop import WorkerJob, run_worker
+from itstudy.training.models import ModelSpecError, check_model_available, is_named_shape
+from itstudy.training.prepare import prepare_run
+from itstudy.training.reporter import RayTrainReporter
+
+# Passed to every worker when the driver has them: where data, tokenizer and outputs live, offline mode.
+WORKER_ENV_VARIABLES = ("ITSTUDY_HOME", "ITSTUDY_CACHE", "ITSTUDY_SUPERNI_DIR", "ITSTUDY_T5_TOKENIZER", "HF_HUB_OFFLINE")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What one finished training run produced."""
+
+    metrics: dict[str, float]
+    """The final evaluation (percent) and the last training figures."""
+    run_id: str | None
+    """The MLflow run holding params, metrics, predictions and the config."""
+    checkpoint: str | None
+    """Where the final checkpoint (model via save_pretrained, tokenizer, trainer state) is stored."""
+    run_name: str
+
+
+# --- checks and preparation (no Ray) -----------------------------------------------------------
+
+
+def check_run(study: Study, world_size: int) -> None:
+    """Refuse settings that cannot run, naming the field; cheap, and before any resource is taken."""
+    gradient_accumulation(study.train, world_size)  # raises ConfigError when the global batch does not divide
+    try:
+        check_model_available(study.model.name)
+    except ModelSpecError as error:
+        raise ConfigError(f"model.name: {error}") from None
+    if study.model.tokenizer == "bpe" and not is_named_shape(study.model.name):
+        raise ConfigError(
+            f"model.tokenizer: 'bpe' trains a new vocabulary, which a pretrained model ({study.model.name!r}) "
+            f"cannot read; use its own tokenizer (e.g. model.tokenizer={study.model.name})"
+        )
+
+
+def prepare_job(study: Study, run_id: str | None = None, tracking_uri: str | None = None) -> WorkerJob:
+    """Check the study and build what every worker receives: data, tokenizer, run id."""
+    check_run(study, study.resources.workers_per_trial)
+    tokenizer, data = prepare_run(study)
+    if batches_per_epoch(len(data.train), study.train.global_batch_size) == 0:
+        raise ConfigError(
+            f"train.global_batch_size={study.train.global_batch_size} exceeds the {len(data.train)} training "
+            f"examples ({len(data.train_tasks)} tasks x data.instances_per_task); lower it or add data"
+        )
+    return WorkerJob(study=study, data=data, tokenizer=tokenizer, run_id=run_id, tracking_uri=tracking_uri)
+
+
+def run_name(study: Study) -> str:
+    """Deterministic from the config: the same command resumes the same Ray run and MLflow run."""
+    return f"{study.name}-train-{config_digest(study)}"
+
+
+def storage_path(study: Study) -> str:
+    """tracking.storage_path, else $ITSTUDY_HOME/ray_results, absolute (Ray refuses relative paths)."""
+    path = Path(study.tracking.storage_path) if study.tracking.storage_path else itstudy_home() / "ray_results"
+    return str(path.expanduser().resolve())
+
+
+def worker_env(tracking_uri: str | None) -> dict[str, str]:
+    """Environment variables for the workers: tracking (URI, credentials, commit) and itstudy's own."""
+    env = tracking_env(tracking_uri) if tracking_uri else {}
+    env.update({name: os.environ[name] for name in WORKER_ENV_VARIABLES if name in os.environ})
+    return env
+
+
+# --- Ray Train -----------------------------------------------------------------------------------
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train's per-worker function: the shared loop with Ray Train's reporter."""
+    transformers.utils.logging.disable_progress_bar()  # one bar per checkpoint write floods the worker logs
+    run_worker(config["job"], RayTrainReporter())
+
+
+def build_trainer(job: WorkerJob, *, run_name: str, storage_path: str, callbacks: list | tuple = ()) -> TorchTrainer:
+    """A TorchTrainer for `job`: workers, failure policy and checkpoint retention from the study.
+
+    `callbacks` go into the RunConfig (e.g. `TuneReportCallback()` when a Tune trial drives it).
+    """
+    study = job.study
+    resources = study.resources
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers_per_trial,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=study.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=study.train.checkpoints_to_keep),
+            callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": worker_env(job.tracking_uri)},
+        ),
+    )
+
+
+def init_ray() -> None:
+    """Join the cluster $RAY_ADDRESS names, else start a local one on this machine's CPUs."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+
+
+# --- one tracked run -----------------------------------------------------------------------------
+
+
+def _mlflow_run(uri: str, study: Study, name: str) -> str:
+    """The run of an earlier attempt with this config (resume), else a new one."""
+    experiment_id = ensure_experiment(uri, experiment_name(study))
+    earlier = find_runs(uri, experiment_id, {"itstudy.trial_key": name, "itstudy.kind": "train"})
+    if earlier:
+        return earlier[0].info.run_id
+    tags = {
+        "itstudy.kind": "train",
+        "itstudy.study": study.name,
+        "itstudy.trial_key": name,
+        "itstudy.variant": study.variant.name,
+        "itstudy.definition": study.variant.definition,
+        "itstudy.examples": study.variant.examples,
+        "itstudy.instances_per_task": study.data.instances_per_task,
+        "itstudy.seed": study.seed,
+        "itstudy.model": study.model.name,
+        "itstudy.config_digest": config_digest(study),
+    }
+    return create_run(uri, experiment_id, name, tags)
+
+
+def run_training(study: Study) -> TrainingResult:
+    """Check, prepare, create the MLflow run, train on a TorchTrainer, end the run."""
+    check_run(study, study.resources.workers_per_trial)  # instant; before the tracking store is touched
+    uri = resolve_tracking_uri(study.tracking)
+    check_tracking(uri)
+    job = prepare_job(study, tracking_uri=uri)
+    name = run_name(study)
+    run_id = _mlflow_run(uri, study, name)
+    job = replace(job, run_id=run_id)
+    logger = RunLogger(uri, run_id)
+    init_ray()
+    trainer = build_trainer(job, run_name=name, storage_path=storage_path(study))
+    try:
+        result = trainer.fit()
+    except BaseException as error:
+        logger.log_error("".join(traceback.format_exception(error)))
+        logger.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    logger.set_tags({"itstudy.checkpoint": checkpoint, "itstudy.ray_run": f"{storage_path(study)}/{name}"})
+    logger.end("FINISHED")
+    return TrainingResult(metrics=dict(result.metrics), run_id=run_id, checkpoint=checkpoint, run_name=name)
+
+
+HEADLINE = ("exact_match", "rougeL", "exact_match_classification", "exact_match_generation", "train_loss", "step")
+
+
+def train_command(study: Study) -> TrainingResult:
+    """`itstudy train`: one run end to end; prints the final metrics and the MLflow run id."""
+    result = run_training(study)
+    print(f"run {result.run_name} finished")
+    for key in HEADLINE:
+        if key in result.metrics:
+            print(f"  {key:28s} {result.metrics[key]:.4g}")
+    for key in sorted(key for key in result.metrics if key.startswith("exact_match_for_")):
+        print(f"  {key:28s} {result.metrics[key]:.4g}")
+    print(f"MLflow run id: {result.run_id}  (tracking URI {resolve_tracking_uri(study.tracking)})")
+    print(f"final checkpoint: {result.checkpoint}")
+    return result

@@ -1,0 +1,97 @@
+"""Models, tokenizers and precision (itstudy.training.models): shapes match the public T5 models,
+initialisation is seeded, checkpoints round-trip through the real from_pretrained path, and what
+cannot work is refused with a message that says why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config
+
+from itstudy.training.models import (
+    ModelSpecError,
+    build_model,
+    check_model_available,
+    compute_dtype,
+    load_tokenizer,
+    new_t5,
+    padded_vocab_size,
+    parameter_counts,
+    t5_config,
+    train_bpe_tokenizer,
+)
+
+# Parameter counts of google/t5-v1_1-{small,base,large,xl} (same architecture as t5-*-lm-adapt).
+PUBLIC_PARAMETER_COUNTS = {
+    "t5-small": 76_961_152,
+    "t5-base": 247_577_856,
+    "t5-large": 783_150_080,
+    "t5-xl": 2_849_757_184,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(PUBLIC_PARAMETER_COUNTS))
+def test_named_shapes_have_the_public_parameter_counts(shape):
+    with torch.device("meta"):  # shapes only, no memory
+        model = new_t5(t5_config(shape), seed=0)
+    assert parameter_counts(model)["total"] == PUBLIC_PARAMETER_COUNTS[shape]
+    assert model.lm_head.weight is not model.shared.weight  # v1.1: untied output embedding
+
+
+def test_initialisation_is_seeded():
+    config = t5_config("t5-tiny", vocab_size=256)
+    first, again, other = new_t5(config, seed=3), new_t5(config, seed=3), new_t5(config, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
+    assert not torch.equal(first.shared.weight, other.shared.weight)
+
+
+def test_a_saved_model_loads_back_through_from_pretrained(tmp_path, t5_tokenizer):
+    model = build_model("t5-tiny", t5_tokenizer, seed=0)
+    assert model.config.vocab_size == 32128 == padded_vocab_size(t5_tokenizer)
+    model.save_pretrained(tmp_path / "tiny")
+    check_model_available(str(tmp_path / "tiny"))
+    loaded = build_model(str(tmp_path / "tiny"), t5_tokenizer, seed=99)  # the seed does not matter for a folder
+    batch = t5_tokenizer(["Definition: say yes. Input: x. Output: "], return_tensors="pt")
+    labels = t5_tokenizer(["yes"], return_tensors="pt")["input_ids"]
+    model.eval(), loaded.eval()
+    assert torch.equal(model(**batch, labels=labels).loss, loaded(**batch, labels=labels).loss)
+    assert loaded.lm_head.weight is not loaded.shared.weight
+
+
+def test_unknown_model_name_offline_is_refused_with_the_reason():
+    with pytest.raises(ModelSpecError, match=r"model 'google/no-such-t5'.*not a named shape.*offline"):
+        check_model_available("google/no-such-t5")
+
+
+def test_a_decoder_only_model_folder_is_refused(tmp_path):
+    GPT2Config(n_layer=1, n_head=2, n_embd=8).save_pretrained(tmp_path)
+    with pytest.raises(ModelSpecError, match="not an encoder-decoder"):
+        check_model_available(str(tmp_path))
+
+
+def test_precision_auto_is_bf16_on_gpu_fp32_on_cpu_and_fp16_is_refused():
+    assert compute_dtype("auto", torch.device("cpu")) == torch.float32
+    assert compute_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert compute_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ModelSpecError, match="fp16.*NaN"):
+        compute_dtype("fp16", torch.device("cuda"))
+
+
+def test_t5_tokenizer_comes_from_the_configured_folder(t5_tokenizer_dir, monkeypatch):
+    monkeypatch.setenv("ITSTUDY_T5_TOKENIZER", str(t5_tokenizer_dir))
+    tokenizer = load_tokenizer("t5")
+    assert len(tokenizer) == 32100
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+    assert tokenizer("Output: yes")["input_ids"][-1] == 1  # </s> appended, as Tk-Instruct's counts assume
+
+
+def test_bpe_tokenizer_round_trips_any_text_and_uses_t5_special_ids():
+    texts = ["Definition: Answer yes or no.", "Input: the movie was great. Output: yes"] * 20
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
+    again = train_bpe_tokenizer(texts, vocab_size=300)
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    unseen = "Zürich — ünseen text, 42!"
+    ids = tokenizer(unseen)["input_ids"]
+    assert ids[-1] == 1
+    assert tokenizer.decode(ids, skip_special_tokens=True) == unseen  # byte-level: nothing is unknown
+    assert ids == again(unseen)["input_ids"]  # training is deterministic

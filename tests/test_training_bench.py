@@ -1,0 +1,46 @@
+"""The throughput benchmark (itstudy.training.bench): both sides do identical work, the report
+states the comparison, and the module runs where only torch and transformers are installed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from itstudy.training.bench import bench_command, load_length_profile
+
+
+def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):
+    report = bench_command(
+        ["train", "--shape", "t5-tiny", "--batch", "4", "--steps", "3", "--max-source", "1024", "--max-target", "128",
+         "--threads", "1", "--out", str(tmp_path / "bench.json")]
+    )
+    ours, hugging_face = report["results"]
+    processed = lambda r: r["tokens_per_s"] * r["seconds"]
+    assert processed(ours) == pytest.approx(processed(hugging_face))  # identical examples, one epoch each
+    assert ours["samples_per_s"] * ours["seconds"] == pytest.approx(12) and ours["timed_steps"] == 3
+    assert ours["padding_fraction"] < hugging_face["padding_fraction"]
+    assert 0 < ours["mfu"] < 1
+    printed = capsys.readouterr().out
+    assert "ratio ours / Seq2SeqTrainer (defaults)" in printed and "peak for MFU" in printed
+    assert json.loads((tmp_path / "bench.json").read_text())["setup"]["shape"] == "t5-tiny"
+
+
+def test_the_length_profile_holds_real_prompt_lengths_per_task():
+    tasks = load_length_profile()
+    assert len(tasks) == 126
+    sources = sorted(source for task in tasks for source, _ in task)
+    assert 100 < sources[len(sources) // 2] < 400 and sources[-1] <= 1024  # SuperNI prompts: hundreds of tokens
+
+
+def test_the_benchmark_imports_neither_ray_mlflow_datasets_rouge_nor_pydantic():
+    # The GPU box has torch and transformers only.
+    code = (
+        "import sys, itstudy.training.bench; "
+        "absent = {'ray', 'mlflow', 'datasets', 'rouge_score', 'pydantic'}; "
+        "bad = {m for m in sys.modules if m.split('.')[0] in absent or m == 'itstudy.config'}; "
+        "assert not bad, sorted(bad)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
