@@ -104,9 +104,10 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from itstudy.data.sources import SourceError
     from itstudy.data.superni import TaskFileError
     from itstudy.data.synthetic import SyntheticError
+    from itstudy.training.models import ModelSpecError
     from itstudy.variants import VariantError
 
-    return (ConfigError, TaskFileError, SourceError, SelectionError, SyntheticError, VariantError)
+    return (ConfigError, TaskFileError, SourceError, SelectionError, SyntheticError, VariantError, ModelSpecError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -400,6 +400,28 @@ def with_overrides(study: Study, overrides: dict[str, Any], origin: str = "overr
         _apply_override(tree, key, value, origin=origin)
     tree["grid"] = {}
     return study_from_dict(tree, origin=origin)
+
+
+def apply_debug(study: Study, keep: Iterable[str] = ()) -> Study:
+    """`debug: true` made concrete: a few optimiser steps on a few tasks and instances, short prompts.
+
+    The global batch becomes one micro-batch per worker, so that a handful of training instances
+    still fill it. Keys in `keep` (a sweep's grid values) stay as they are, so every grid point
+    stays a trial. A study without `debug` is returned unchanged.
+    """
+    if not study.debug:
+        return study
+    data, train, evaluation = study.data, study.train, study.eval
+    caps = {
+        "data.max_train_tasks": min(data.max_train_tasks or 8, 8),
+        "data.test_instances_per_task": min(data.test_instances_per_task, 8),
+        "train.max_steps": min(train.max_steps or 5, 5),
+        "train.global_batch_size": train.per_device_batch_size * study.resources.workers_per_trial,
+        "train.max_source_length": min(train.max_source_length, 256),
+        "train.eval_every_steps": None,
+        "eval.max_new_tokens": min(evaluation.max_new_tokens, 16),
+    }
+    return with_overrides(study, {k: v for k, v in caps.items() if k not in set(keep)}, origin="debug")
 
 
 def to_plain(study: Study) -> dict:

@@ -126,7 +126,8 @@ def test_the_step_loss_is_a_token_mean_whatever_the_accumulation():
     split, split_loss = one_step([(0, 1), (1, 3), (3, 4)])
     assert split_loss == pytest.approx(whole_loss, rel=1e-5)
     for a, b in zip(whole.parameters(), split.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        # fp32 sums in another order differ by ~1e-6; a mis-scaled micro-batch loss moves gradients by ~1e-2.
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 # --- preparation and evaluation ---------------------------------------------------------------

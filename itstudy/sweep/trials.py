@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, config_digest, with_overrides
+from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, apply_debug, config_digest, with_overrides
 
 # Axes that every trial key names, whether or not they are swept: what a reader of a run list
 # needs in order to tell trials apart at a glance.
@@ -79,30 +79,10 @@ def grid_points(study: Study) -> list[dict[str, Any]]:
     return [dict(zip([key for key, _ in axes], values)) for values in itertools.product(*[v for _, v in axes])]
 
 
-def debug_caps(study: Study) -> dict[str, Any]:
-    """What `debug: true` changes: a few optimiser steps on a few tasks and instances, short prompts.
-
-    The global batch becomes one micro-batch per worker, so that a handful of training instances
-    still fill it. `make_trial` leaves swept keys as swept, so every grid point stays a trial.
-    """
-    data, train, evaluation = study.data, study.train, study.eval
-    return {
-        "data.max_train_tasks": min(data.max_train_tasks or 8, 8),
-        "data.test_instances_per_task": min(data.test_instances_per_task, 8),
-        "train.max_steps": min(train.max_steps or 5, 5),
-        "train.global_batch_size": train.per_device_batch_size * study.resources.workers_per_trial,
-        "train.max_source_length": min(train.max_source_length, 256),
-        "train.eval_every_steps": None,
-        "eval.max_new_tokens": min(evaluation.max_new_tokens, 16),
-    }
-
-
 def make_trial(study: Study, point: dict[str, Any]) -> Trial:
     """The trial at `point` (grid values, possibly with sampled search values) of `study`."""
     resolved = with_overrides(study, point, origin=f"trial {point}")
-    if resolved.debug:
-        caps = {key: value for key, value in debug_caps(resolved).items() if key not in point}
-        resolved = with_overrides(resolved, caps, origin="debug")
+    resolved = apply_debug(resolved, keep=point)
     label = "_".join(_named_parts(resolved, point, with_seed=False))
     return Trial(key=trial_key(resolved, point), point=dict(point), study=resolved, label=label)
 
