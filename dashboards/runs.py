@@ -82,7 +82,8 @@ def read_study(uri: str, experiment: str, scratch: Path, config_digest: str | No
     if members.empty:
         raise ReportError(f"MLflow experiment {experiment!r} at {uri} has no trial or baseline runs yet")
     study.runs = _deduplicate(_describe(members, _other_axes(study.sweep)), study.notes)
-    study.runs["data_digest"] = study.runs["run_id"].map(run_dataset_digests(uri, experiment)).fillna("")
+    digests = run_dataset_digests(uri, experiment)
+    study.runs["data_digest"] = [digests.get(run_id, "") for run_id in study.runs["run_id"]]
     study.scores = _scores(study, members.set_index("run_id"))
     study.missing = _never_started(study)
     study.files = _experiment_files(study)
