@@ -6,7 +6,6 @@ instances) so that it costs seconds per trial on two cores.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from itstudy.config import TrackingConfig, study_from_dict
+from itstudy.ui import wait_until_ready
 from itstudy.metrics import Prediction, score_predictions
 from itstudy.tracking import (
     RunLogger,
@@ -68,7 +68,7 @@ def mlflow_server(tmp_path_factory):
         server = subprocess.Popen(command, env=env, stdout=server_log, stderr=server_log, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(uri, server, folder / "server.log")
+        wait_until_ready(uri, server, timeout_s=60)  # its log is in the fixture folder
         yield uri
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -77,20 +77,6 @@ def mlflow_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-
-
-def _wait_until_healthy(uri: str, server: subprocess.Popen, log_file: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {server.returncode}:\n{log_file.read_text()[-2000:]}")
-        try:
-            if requests.get(f"{uri}/health", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"mlflow server at {uri} did not answer within 60 s:\n{log_file.read_text()[-2000:]}")
 
 
 def _new_run(uri: str, experiment: str) -> str:
