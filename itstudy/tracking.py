@@ -584,9 +584,10 @@ def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
 
 def download_artifact(uri: str, run_id: str, artifact_path: str, dst_dir: str | Path) -> Path:
     """Copy one artifact of a run into `dst_dir` and return its local path."""
-    local = download_artifacts(
-        run_id=run_id, artifact_path=artifact_path, dst_path=str(dst_dir), tracking_uri=uri
-    )
+    # Reports read a few small files; MLflow's per-download progress bars only clutter their output
+    # (set the variable yourself to get them back).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    local = download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst_dir), tracking_uri=uri)
     return Path(local)
 
 
