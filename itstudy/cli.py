@@ -17,7 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from itstudy.config import ConfigError, load_study
+from itstudy.config import load_study
+from itstudy.errors import UserError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -98,23 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _input_errors() -> tuple[type[Exception], ...]:
-    """The errors that mean 'your input is wrong': printed as one line, not a traceback."""
-    from itstudy.data.selection import SelectionError
-    from itstudy.data.sources import SourceError
-    from itstudy.data.superni import TaskFileError
-    from itstudy.data.synthetic import SyntheticError
-    from itstudy.training.models import ModelSpecError
-    from itstudy.variants import VariantError
-
-    return (ConfigError, TaskFileError, SourceError, SelectionError, SyntheticError, VariantError, ModelSpecError)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except _input_errors() as error:
+    except UserError as error:
         print(f"itstudy: {error}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from itstudy.errors import UserError
+
 # The SuperNI commit that on-demand downloads read; every run logs it.
 SUPERNI_COMMIT = "ae457ac40dafe0cd3dcd1370f0a29da54f33df4a"
 
@@ -28,7 +30,7 @@ SUPERNI_COMMIT = "ae457ac40dafe0cd3dcd1370f0a29da54f33df4a"
 DEFAULT_HOME_ENV = "ITSTUDY_HOME"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A study spec that cannot be run; the message names the file and the field."""
 
 

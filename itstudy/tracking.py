@@ -37,6 +37,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -237,6 +238,37 @@ def create_run(
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = MlflowClient(tracking_uri=uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
     return run.info.run_id
+
+
+@dataclass(frozen=True)
+class FoundRun:
+    """A run found by its identity tags, or just created."""
+
+    run_id: str
+    created: bool
+    status: str
+    """Its status when found (RUNNING for a new run)."""
+    metrics: dict[str, float]
+    """Its latest metrics when found (empty for a new run)."""
+
+
+def get_or_create_run(
+    uri: str,
+    experiment_id: str,
+    name: str,
+    identity: Mapping[str, Any],
+    tags: Mapping[str, Any] = {},
+    parent_run_id: str | None = None,
+    reuse_status: str | None = None,
+) -> FoundRun:
+    """The newest run whose tags equal `identity` (with status `reuse_status`, if given), else a new
+    run called `name` tagged with `identity` and `tags`: how every rerun finds its earlier work."""
+    found = find_runs(uri, experiment_id, identity, status=reuse_status)
+    if found:
+        run = found[0]
+        return FoundRun(run.info.run_id, False, run.info.status, dict(run.data.metrics))
+    run_id = create_run(uri, experiment_id, name, {**identity, **tags}, parent_run_id=parent_run_id)
+    return FoundRun(run_id, True, "RUNNING", {})
 
 
 def _tag_value(value: Any) -> str:

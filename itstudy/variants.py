@@ -29,9 +29,10 @@ from itstudy.config import VariantConfig
 from itstudy.data import selection
 from itstudy.data.task import Example, Task
 from itstudy.metrics import normalize_answer
+from itstudy.errors import UserError
 
 
-class VariantError(ValueError):
+class VariantError(UserError):
     """A variant that cannot be applied to a task; the message names the task and the variant."""
 
 

@@ -40,11 +40,12 @@ from itstudy.config import ClassificationRule, DataConfig
 from itstudy.data.sources import TaskSource, UnknownTaskError, make_source
 from itstudy.data.task import Instance, LabelSpace, Task
 from itstudy.metrics import normalize_answer
+from itstudy.errors import UserError
 
 _TRAILING_PUNCTUATION = ".!?;:,"
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError):
     """The configured selection cannot be made; the message names the setting and the tasks."""
 
 

@@ -36,6 +36,7 @@ from itstudy.config import DataConfig
 from itstudy.data.superni import TaskFileError, parse_task
 from itstudy.data.synthetic import cached_synthetic_suite
 from itstudy.data.task import Task
+from itstudy.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ Which = Literal["train", "test"]
 T = TypeVar("T")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """Task files cannot be found or fetched; the message says where it looked and what to do."""
 
 

@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from itstudy.data.task import Example, Instance, Task
+from itstudy.errors import UserError
 
 # C0 controls except \t \n \r, plus DEL: noise in a few SuperNI sources, never content.
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-class TaskFileError(ValueError):
+class TaskFileError(UserError):
     """A task file that cannot be used; the message is one line naming the file and the field."""
 
 

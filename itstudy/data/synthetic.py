@@ -44,13 +44,14 @@ from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
 from itstudy.config import SyntheticConfig
+from itstudy.errors import UserError
 
 # Bump whenever the generated content changes: the cache folder name includes it.
 GENERATOR_VERSION = 2
 SPLIT = "default"
 
 
-class SyntheticError(ValueError):
+class SyntheticError(UserError):
     """The suite cannot be generated as configured; the message names the setting to change."""
 
 

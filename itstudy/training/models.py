@@ -39,6 +39,8 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from itstudy.errors import UserError
+
 T5_TOKENIZER_ENV = "ITSTUDY_T5_TOKENIZER"
 # Every T5 / v1.1 / lm-adapt checkpoint uses this one SentencePiece vocabulary.
 T5_TOKENIZER_HUB_ID = "google-t5/t5-small"
@@ -57,7 +59,7 @@ NAMED_SHAPES: dict[str, dict] = {
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError):
     """A model, tokenizer or precision that cannot be used; the message names it and says why."""
 
 
