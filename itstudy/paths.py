@@ -34,3 +34,10 @@ def itstudy_home() -> Path:
 def cache_home() -> Path:
     """$ITSTUDY_CACHE or ~/.cache/itstudy."""
     return Path(os.environ.get(CACHE_ENV, "~/.cache/itstudy")).expanduser()
+
+
+def storage_path(configured: str | Path | None) -> str:
+    """Ray's storage path: the configured folder (tracking.storage_path), else $ITSTUDY_HOME/ray_results;
+    absolute, because Ray refuses relative paths."""
+    path = Path(configured) if configured else itstudy_home() / "ray_results"
+    return str(path.expanduser().resolve())

@@ -63,6 +63,7 @@ from mlflow.utils.validation import (
 
 from itstudy.config import ConfigError, Study, TrackingConfig, config_digest, itstudy_home, to_plain
 from itstudy.metrics import aggregate, task_rows
+from itstudy.paths import WORKER_ENV_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,19 @@ def tracking_env(uri: str) -> dict[str, str]:
     commit, dirty = _git_state()
     env[GIT_COMMIT_ENV], env[GIT_DIRTY_ENV] = commit, dirty
     return env
+
+
+def worker_env(tracking_uri: str | None) -> dict[str, str]:
+    """Environment variables for Ray workers: tracking (URI, credentials, commit) and itstudy's own."""
+    env = tracking_env(tracking_uri) if tracking_uri else {}
+    env.update({name: os.environ[name] for name in WORKER_ENV_VARIABLES if name in os.environ})
+    return env
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a run RUNNING again when a rerun continues it (its earlier end set FINISHED/FAILED/KILLED)."""
+    MlflowClient(tracking_uri=uri).update_run(run_id, status="RUNNING")
+    MlflowClient(tracking_uri=uri).set_tag(run_id, "itstudy.status", "RUNNING")
 
 
 # --- experiments and runs ----------------------------------------------------------------------
