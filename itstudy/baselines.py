@@ -1,6 +1,7 @@
 """Model-free baselines: the trivial predictors every instruction-tuning number is compared with.
 
-Each baseline is `fn(test_tasks, seed) -> list[Prediction]`, registered in `BASELINES`, and its
+Each baseline is a `Baseline` registered by name in `BASELINES` (the one list of model-free
+baseline names), called as `BASELINES[name](test_tasks, seed) -> list[Prediction]`; its
 predictions go through the same `itstudy.metrics` and tracking as a trained model's:
 
 - random: per instance, a label drawn uniformly from the task's label space, seeded per
@@ -27,20 +28,34 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from itstudy.data.task import Instance, Task
+from itstudy.data.task import Task
 from itstudy.metrics import Prediction, exact_match
-from itstudy.variants import task_rng
+from itstudy.seeding import task_rng
 
 
-def _prediction(task: Task, instance: Instance, answer: str) -> Prediction:
-    return Prediction(
-        task=task.name,
-        category=task.category,
-        instance_id=instance.id,
-        prediction=answer,
-        references=instance.outputs,
-        is_classification=task.is_classification,
-    )
+@dataclass(frozen=True)
+class Baseline:
+    """A model-free predictor: which tasks it can answer and, for such a task, one answer per instance."""
+
+    cannot_predict: Callable[[Task], str | None]
+    """Why the baseline makes no prediction for a task; None when it can."""
+    answers: Callable[[Task, int], list[str]]
+    """(task, seed) -> one answer per instance of the task, in instance order."""
+
+    def __call__(self, test_tasks: Sequence[Task], seed: int) -> list[Prediction]:
+        return [
+            Prediction(
+                task=task.name,
+                category=task.category,
+                instance_id=instance.id,
+                prediction=answer,
+                references=instance.outputs,
+                is_classification=task.is_classification,
+            )
+            for task in test_tasks
+            if self.cannot_predict(task) is None
+            for instance, answer in zip(task.instances, self.answers(task, seed))
+        ]
 
 
 def _needs_label_space(task: Task) -> str | None:
@@ -58,67 +73,41 @@ def _best_constant(labels: tuple[str, ...], reference_sets: list[tuple[str, ...]
     return max(labels, key=lambda label: hits[label])
 
 
-def random_guess(test_tasks: Sequence[Task], seed: int) -> list[Prediction]:
+def random_guesses(task: Task, seed: int) -> list[str]:
     """A uniformly random label per instance, from a stream owned by (seed, task)."""
-    predictions = []
-    for task in _applicable(test_tasks, _needs_label_space):
-        rng = task_rng(seed, task.name, purpose="baseline:random")
-        predictions += [_prediction(task, i, rng.choice(task.label_space.labels)) for i in task.instances]
-    return predictions
+    rng = task_rng(seed, task.name, purpose="baseline:random")
+    return [rng.choice(task.label_space.labels) for _ in task.instances]
 
 
-def majority_label(test_tasks: Sequence[Task], seed: int) -> list[Prediction]:
+def majority_label(task: Task, seed: int) -> list[str]:
     """The label most frequent among the task's positive examples' outputs, for every instance."""
-    predictions = []
-    for task in _applicable(test_tasks, _needs_label_space):
-        answer = _best_constant(task.label_space.labels, [(e.output,) for e in task.positive_examples])
-        predictions += [_prediction(task, i, answer) for i in task.instances]
-    return predictions
+    answer = _best_constant(task.label_space.labels, [(e.output,) for e in task.positive_examples])
+    return [answer] * len(task.instances)
 
 
-def majority_oracle(test_tasks: Sequence[Task], seed: int) -> list[Prediction]:
+def majority_oracle(task: Task, seed: int) -> list[str]:
     """Upper bound for constant predictors: the label most frequent among the evaluation references."""
-    predictions = []
-    for task in _applicable(test_tasks, _needs_label_space):
-        answer = _best_constant(task.label_space.labels, [i.outputs for i in task.instances])
-        predictions += [_prediction(task, i, answer) for i in task.instances]
-    return predictions
+    answer = _best_constant(task.label_space.labels, [i.outputs for i in task.instances])
+    return [answer] * len(task.instances)
 
 
-def copy_demo_output(test_tasks: Sequence[Task], seed: int) -> list[Prediction]:
+def copy_demo_output(task: Task, seed: int) -> list[str]:
     """The first positive example's output, stripped, for every instance."""
-    predictions = []
-    for task in _applicable(test_tasks, _needs_positive_example):
-        answer = task.positive_examples[0].output.strip()
-        predictions += [_prediction(task, i, answer) for i in task.instances]
-    return predictions
+    return [task.positive_examples[0].output.strip()] * len(task.instances)
 
 
-BaselineFn = Callable[[Sequence[Task], int], list[Prediction]]
-
-BASELINES: dict[str, BaselineFn] = {
-    "random": random_guess,
-    "majority": majority_label,
-    "majority_oracle": majority_oracle,
-    "copy_demo": copy_demo_output,
+BASELINES: dict[str, Baseline] = {
+    "random": Baseline(_needs_label_space, random_guesses),
+    "majority": Baseline(_needs_label_space, majority_label),
+    "majority_oracle": Baseline(_needs_label_space, majority_oracle),
+    "copy_demo": Baseline(_needs_positive_example, copy_demo_output),
 }
-
-_REQUIREMENTS: dict[str, Callable[[Task], str | None]] = {
-    "random": _needs_label_space,
-    "majority": _needs_label_space,
-    "majority_oracle": _needs_label_space,
-    "copy_demo": _needs_positive_example,
-}
-
-
-def _applicable(test_tasks: Sequence[Task], requirement: Callable[[Task], str | None]) -> list[Task]:
-    return [task for task in test_tasks if requirement(task) is None]
 
 
 def skipped_tasks(name: str, test_tasks: Sequence[Task]) -> dict[str, str]:
     """Task name -> why baseline `name` makes no prediction for it."""
-    requirement = _REQUIREMENTS[_known(name)]
-    return {task.name: reason for task in test_tasks if (reason := requirement(task)) is not None}
+    cannot_predict = BASELINES[_known(name)].cannot_predict
+    return {task.name: reason for task in test_tasks if (reason := cannot_predict(task)) is not None}
 
 
 def _known(name: str) -> str:

@@ -1,7 +1,7 @@
 """SuperNI metrics: exact match and ROUGE-L with Tk-Instruct's normalisation and multi-reference rule.
 
 Mirrors Tk-Instruct's src/compute_metrics.py (English path):
-- exact match compares `normalize_answer` strings; ROUGE-L is rouge-score's F-measure with the
+- exact match compares `itstudy.answers.normalize_answer` strings; ROUGE-L is rouge-score's F-measure with the
   Porter stemmer on the raw strings; with several references an instance gets the best one;
 - per instance both are in [0, 1]; every aggregate is a percent (x100);
 - `aggregate` groups by task (`<metric>_for_<task>`), by first category, by classification vs
@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import functools
 import statistics
-import string
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from rouge_score import rouge_scorer
 
-_PUNCTUATION = set(string.punctuation)
+from itstudy.answers import normalize_answer
 
 # Tk-Instruct removes task1415 (youtube caption corrections) before computing any figure; we keep
 # its per-task numbers visible but leave it out of every pooled figure.
@@ -36,15 +35,6 @@ EXCLUDED_FROM_POOLED = ("task1415_",)
 TASK_RENAMES = {"task121_atomic_question_rewriting": "task121_zest_question_rewriting"}
 
 METRICS = ("exact_match", "rougeL")
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop every `string.punctuation` character, collapse whitespace (articles are kept).
-
-    Exactly Tk-Instruct's `normalize_answer` (src/compute_metrics.py), so that our numbers and
-    the paper's are computed on the same strings.
-    """
-    return " ".join("".join(ch for ch in text.lower() if ch not in _PUNCTUATION).split())
 
 
 def _check_references(references: Sequence[str]) -> None:

@@ -10,9 +10,9 @@ function in a registry below, in the spirit of lm-evaluation-harness's named pro
 `positive_examples` / `negative_examples` are exactly the demonstrations to show (the prompt
 builder renders all of them). Instances and the label space are untouched.
 
-Every random choice for a task comes from `task_rng(seed, task.name, purpose)`, so a task's
-transform depends only on the seed and the task, never on which other tasks are in the run,
-and never touches the global `random` state.
+Every random choice for a task comes from `itstudy.seeding.task_rng(seed, task.name, "variant")`,
+so a task's transform depends only on the seed and the task, never on which other tasks are in
+the run, and never touches the global `random` state.
 
 Refused with `VariantError` (naming the task and the variant): unknown transform names, and
 transforms that need a label space (simplified definition, other_label / random_label delusive
@@ -25,24 +25,15 @@ import random
 from dataclasses import replace
 from typing import Callable
 
+from itstudy.answers import normalize_answer
 from itstudy.config import VariantConfig
-from itstudy.data import selection
 from itstudy.data.task import Example, Task
-from itstudy.metrics import normalize_answer
 from itstudy.errors import UserError
+from itstudy.seeding import task_rng
 
 
 class VariantError(UserError):
     """A variant that cannot be applied to a task; the message names the task and the variant."""
-
-
-def task_rng(seed: int, task_name: str, purpose: str) -> random.Random:
-    """A random stream owned by one (seed, task, purpose), independent of every other task.
-
-    Derived like the training-instance sampler's (`itstudy.data.selection.task_rng`), with the
-    purpose in the key so that, say, a variant's draws do not replay the sampler's.
-    """
-    return selection.task_rng(seed, f"{task_name}/{purpose}")
 
 
 def _labels(task: Task, cfg: VariantConfig, needed_by: str) -> tuple[str, ...]:
@@ -180,11 +171,10 @@ EXAMPLES: dict[str, Callable[[Task, VariantConfig, random.Random], tuple[Example
 # --- composition ----------------------------------------------------------------------------
 
 
-def _lookup(registry: dict, key: str, field: str, cfg: VariantConfig, task: Task | None = None):
+def _lookup(registry: dict, key: str, field: str, cfg: VariantConfig, task: Task):
     if key not in registry:
-        where = f"task {task.name}: " if task is not None else ""
         raise VariantError(
-            f"{where}variant {cfg.name}: unknown variant.{field} {key!r}; expected one of {sorted(registry)}"
+            f"task {task.name}: variant {cfg.name}: unknown variant.{field} {key!r}; expected one of {sorted(registry)}"
         )
     return registry[key]
 
@@ -205,39 +195,3 @@ def apply_variant(task: Task, variant_cfg: VariantConfig, seed: int) -> Task:
         positive_examples=tuple(positives),
         negative_examples=task.negative_examples[: cfg.num_negative_examples],
     )
-
-
-def _first_doc_line(function: Callable) -> str:
-    return (function.__doc__ or "").strip().splitlines()[0]
-
-
-def describe_variant(variant_cfg: VariantConfig) -> dict[str, str | int]:
-    """What to log with a run so the variant can be read back: names, rules, template, strategy, k.
-
-    Flat str/int values, ready to be logged as MLflow params. Raises VariantError for unknown
-    names or a simplified template that cannot be filled, so a sweep can check before it starts.
-    """
-    cfg = variant_cfg
-    define = _lookup(DEFINITIONS, cfg.definition, "definition", cfg)
-    show = _lookup(EXAMPLES, cfg.examples, "examples", cfg)
-    description: dict[str, str | int] = {
-        "variant": cfg.name,
-        "definition": cfg.definition,
-        "definition_rule": _first_doc_line(define),
-        "examples": cfg.examples,
-        "examples_rule": _first_doc_line(show),
-        "num_examples": cfg.num_examples,
-        "num_negative_examples": cfg.num_negative_examples,
-    }
-    if cfg.definition == "simplified":
-        _fill_template(cfg.simplified_template, ("label",), where=f"variant {cfg.name}")
-        description["simplified_template"] = cfg.simplified_template
-    if cfg.examples == "delusive":
-        strategy = _lookup(DELUSIVE_STRATEGIES, cfg.delusive_strategy, "delusive_strategy", cfg)
-        description["delusive_strategy"] = cfg.delusive_strategy
-        description["delusive_rule"] = _first_doc_line(strategy)
-        if cfg.delusive_strategy == "permute" and cfg.num_examples < 2:
-            raise VariantError(
-                f"variant {cfg.name}: delusive_strategy=permute needs num_examples >= 2, got {cfg.num_examples}"
-            )
-    return description

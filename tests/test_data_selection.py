@@ -6,6 +6,7 @@ import csv
 
 import pytest
 
+from itstudy.answers import normalize_answer
 from itstudy.config import ClassificationRule, DataConfig, SyntheticConfig
 from itstudy.data.selection import (
     SelectionError,
@@ -18,7 +19,6 @@ from itstudy.data.sources import LocalFolderSource, UnknownTaskError
 from itstudy.data.superni import load_task_file
 from itstudy.data.synthetic import GENERATOR_VERSION, write_synthetic_suite
 from itstudy.data.task import Instance, Task
-from itstudy.metrics import normalize_answer
 
 DEFAULT_RULE = ClassificationRule()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from itstudy.answers import normalize_answer
 from itstudy.metrics import (
     Prediction,
     aggregate,
     exact_match,
-    normalize_answer,
     rouge_l,
     score_predictions,
     task_rows,

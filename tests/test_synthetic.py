@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from itstudy.answers import normalize_answer
 from itstudy.config import ClassificationRule, SyntheticConfig
 from itstudy.data.selection import label_space
 from itstudy.data.sources import LocalFolderSource
 from itstudy.data.synthetic import FAMILIES, SyntheticError, counterfactual_pairs, write_synthetic_suite
-from itstudy.metrics import normalize_answer
 
 
 @pytest.fixture(scope="module")

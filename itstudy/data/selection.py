@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable, Literal
 
+from itstudy.answers import normalize_answer
 from itstudy.config import ClassificationRule, DataConfig
 from itstudy.data.sources import TaskSource, UnknownTaskError, make_source
 from itstudy.data.task import Instance, LabelSpace, Task
-from itstudy.metrics import normalize_answer
 from itstudy.errors import UserError
+from itstudy.seeding import task_rng
 
 _TRAILING_PUNCTUATION = ".!?;:,"
 
@@ -106,12 +106,6 @@ def _surface(output: str) -> str:
 
 
 # --- instance selection ---------------------------------------------------------------------------
-
-
-def task_rng(seed: int, task_name: str) -> random.Random:
-    """An RNG that depends only on (seed, task name), so other tasks never shift a task's sample."""
-    digest = hashlib.sha256(f"{seed}\x00{task_name}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def sample_training_instances(task: Task, n: int, seed: int) -> tuple[Instance, ...]:
