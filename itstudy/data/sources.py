@@ -37,11 +37,10 @@ from itstudy.data.superni import TaskFileError, parse_task
 from itstudy.data.synthetic import cached_synthetic_suite
 from itstudy.data.task import Task
 from itstudy.errors import UserError
+from itstudy.paths import SUPERNI_DIR_ENV, cache_home
 
 log = logging.getLogger(__name__)
 
-SUPERNI_DIR_ENV = "ITSTUDY_SUPERNI_DIR"
-CACHE_ENV = "ITSTUDY_CACHE"
 # (connect, read) seconds: a stalled transfer fails and can be resumed instead of hanging a run.
 HTTP_TIMEOUT = (10, 60)
 # Ranges count bytes of the file as stored; a compressed transfer would make them count something else.
@@ -83,7 +82,7 @@ def cache_root(data: DataConfig) -> Path:
     """data.cache_dir, else $ITSTUDY_CACHE, else ~/.cache/itstudy."""
     if data.cache_dir is not None:
         return Path(data.cache_dir).expanduser()
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/itstudy").expanduser()
+    return cache_home()
 
 
 def make_source(data: DataConfig) -> TaskSource:

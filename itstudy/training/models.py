@@ -10,7 +10,8 @@ A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_
 the hub), a hub id or folder, or a byte-level BPE trained on the run's own texts (`bpe`).
 
 Precision is bf16 (autocast, fp32 master weights, as Hugging Face's Trainer does) or fp32; `auto`
-picks bf16 on GPU and fp32 on CPU. fp16 is refused: T5 overflows to NaN in fp16.
+picks bf16 on GPU and fp32 on CPU. fp16 is not among them: T5 overflows to NaN in fp16
+(transformers#4938), and the config refuses it when the experiment file loads.
 
 This module imports only torch, transformers and tokenizers (no Ray, MLflow or pydantic), so the
 benchmark can use it on a GPU box that has nothing else. Errors are `ModelSpecError`s that name
@@ -40,8 +41,8 @@ from transformers import (
 )
 
 from itstudy.errors import UserError
+from itstudy.paths import T5_TOKENIZER_ENV
 
-T5_TOKENIZER_ENV = "ITSTUDY_T5_TOKENIZER"
 # Every T5 / v1.1 / lm-adapt checkpoint uses this one SentencePiece vocabulary.
 T5_TOKENIZER_HUB_ID = "google-t5/t5-small"
 T5_VOCAB_SIZE = 32128  # the T5 embedding size: 32100 SentencePiece pieces padded to a multiple of 128
@@ -67,11 +68,7 @@ class ModelSpecError(UserError):
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: `auto` is bf16 on GPU and fp32 on CPU; fp16 is refused for T5."""
-    if precision == "fp16":
-        raise ModelSpecError(
-            "precision 'fp16' is refused for T5: it overflows to NaN in fp16 (transformers#4938); use bf16 or fp32"
-        )
+    """The autocast dtype: `auto` is bf16 on GPU and fp32 on CPU (the config refuses fp16 at load)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in PRECISIONS:
