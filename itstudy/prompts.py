@@ -1,8 +1,7 @@
 """Tk-Instruct prompts: a task instance rendered as source text, exact to the character.
 
-Mirrors `DataCollatorForNI` in Tk-Instruct's src/ni_collator.py (transcribed in
-docs/study-protocol.md section 4), so a model trained here sees the strings the paper's
-models saw:
+Mirrors `DataCollatorForNI` in Tk-Instruct's src/ni_collator.py (github.com/yizhongw/Tk-Instruct),
+so a model trained here sees the strings the paper's models saw:
 
     Definition: <definition>.\\n\\n
      Positive Example 1 -\\nInput: <x1>.\\n Output: <y1>.\\n\\n

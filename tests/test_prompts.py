@@ -1,4 +1,4 @@
-"""The Tk-Instruct prompt, pinned to the character (docs/study-protocol.md section 4)."""
+"""The Tk-Instruct prompt (DataCollatorForNI in Tk-Instruct's src/ni_collator.py), pinned to the character."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The throughput benchmark (itstudy.training.bench): both sides do identical work, the report
-states the comparison, and the module runs where only torch and transformers are installed."""
+"""The throughput benchmark (itstudy.training.bench, prompt_lengths): both sides do identical work, the
+report states the comparison, and the module runs where only torch and transformers are installed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from itstudy.training.bench import bench_command, load_length_profile
+from itstudy.training.bench import bench_command
+from itstudy.training.prompt_lengths import load_length_profile
 
 
 def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):

@@ -8,6 +8,7 @@
 - `loop`      the per-worker training loop (`run_worker`), the same under every driver
 - `runner`    the Ray Train `TorchTrainer` run and the `itstudy train` command
 - `bench`     throughput against Hugging Face's Seq2SeqTrainer (runs with torch + transformers alone)
+- `prompt_lengths` the SuperNI prompt lengths the benchmark's examples take, and how they are measured
 
 Nothing is imported here, so `python -m itstudy.training.bench` needs neither Ray nor MLflow.
 """

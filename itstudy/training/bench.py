@@ -22,14 +22,11 @@ memory. MFU counts 6 FLOPs per parameter per token, split by stack:
 with N_enc the encoder's matmul weights and N_dec the decoder's plus the output projection
 (input embeddings excluded: a lookup), over non-padding tokens only; attention-score FLOPs
 (QK^T and AV) are left out, so MFU is slightly understated at long sources. Peak: 790 TFLOP/s
-for bf16 on H100/H200 (an 8192^3 bf16 matmul as measured there; stack notes), or on CPU an
-fp32 2048^3 matmul measured at start-up on this machine.
+for bf16 on H100/H200 (what an 8192^3 bf16 matmul reaches on both), or on CPU an fp32 2048^3
+matmul measured at start-up on this machine.
 
-Prompt lengths: (source, target) token counts of real Tk-Instruct prompts of the SuperNI sample
-(definition + 2 positive examples, T5 vocabulary), stored in `superni_lengths.json` next to this
-file (written by `python -m itstudy.training.bench profile`; numbers only, no text), clipped to
---max-source / --max-target as truncation would. Token ids are random: content does not change
-the cost.
+Examples: random token ids with the (source, target) lengths of real SuperNI prompts
+(`itstudy.training.prompt_lengths`; `itstudy bench profile` measures them again).
 
 This module imports only torch and transformers (and our torch-only engine and models), so it
 runs on a GPU box that has no Ray, MLflow, datasets or rouge-score.
@@ -42,7 +39,6 @@ import dataclasses
 import json
 import os
 import platform
-import random
 import resource
 import statistics
 import sys
@@ -56,11 +52,11 @@ import transformers
 
 from itstudy.training.engine import Seq2SeqExample, StepPlan, collate, make_optimizer, make_scheduler, train_step
 from itstudy.training.models import NAMED_SHAPES, compute_dtype, new_t5, parameter_counts, t5_config
+from itstudy.training.prompt_lengths import LENGTHS_FILE, examples_with_prompt_lengths, load_length_profile, write_length_profile
 
-LENGTHS_FILE = Path(__file__).with_name("superni_lengths.json")
-GPU_BF16_PEAK_FLOPS = 790e12  # measured 8192^3 bf16 matmul on H100 and H200 (docs/stack-notes)
+GPU_BF16_PEAK_FLOPS = 790e12  # an 8192^3 bf16 matmul, measured on H100 and on H200
 LEARNING_RATE = 1e-4
-PAD_ID, EOS_ID = 0, 1
+PAD_ID = 0  # T5's <pad>
 
 
 @dataclass
@@ -81,38 +77,6 @@ class Measurement:
     peak_memory_gb: float
     seconds: float
     timed_steps: int
-
-
-# --- data ------------------------------------------------------------------------------------
-
-
-def load_length_profile(path: Path = LENGTHS_FILE) -> list[list[tuple[int, int]]]:
-    """Per task, the (source, target) token counts of its prompts, from the profile file."""
-    profile = json.loads(path.read_text())
-    return [list(zip(task["source_lengths"], task["target_lengths"])) for task in profile["tasks"]]
-
-
-def synthetic_examples(
-    profile: list[list[tuple[int, int]]], count: int, max_source: int, max_target: int, vocab_size: int, seed: int
-) -> list[Seq2SeqExample]:
-    """`count` examples with random token ids ending in </s> and real prompt lengths (clipped like truncation).
-
-    A length pair is drawn from a uniformly chosen task, as a SuperNI training set holds the same
-    number of instances per task (drawing instances uniformly would over-weight the sample's long
-    classification tasks).
-    """
-    rng = random.Random(seed)
-    examples = []
-    for _ in range(count):
-        source, target = rng.choice(rng.choice(profile))
-        source, target = min(source, max_source), min(target, max_target)
-        examples.append(
-            Seq2SeqExample(
-                input_ids=tuple(rng.randrange(2, vocab_size) for _ in range(source - 1)) + (EOS_ID,),
-                labels=tuple(rng.randrange(2, vocab_size) for _ in range(target - 1)) + (EOS_ID,),
-            )
-        )
-    return examples
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -277,7 +241,7 @@ def bench_train(args) -> dict:
     config = t5_config(args.shape)
     profile = load_length_profile(Path(args.lengths))
     global_batch = args.batch * args.accumulation
-    examples = synthetic_examples(
+    examples = examples_with_prompt_lengths(
         profile, global_batch * args.steps, args.max_source, args.max_target, config.vocab_size, args.seed
     )
     # MFU is stated against bf16 peak on GPU and measured fp32 peak on CPU; fp32 on GPU has no stated peak here.
@@ -355,41 +319,6 @@ def print_report(report: dict) -> None:
     for other in report["results"][1:]:
         print(f"  ratio ours / {other['name']}: {ours['tokens_per_s'] / other['tokens_per_s']:.2f}x tokens/s, "
               f"{ours['tokens_per_cpu_s'] / other['tokens_per_cpu_s']:.2f}x tokens per CPU-second")
-
-
-# --- the length profile ----------------------------------------------------------------------
-
-
-def write_length_profile(out: Path, max_source: int, max_target: int) -> None:
-    """Measure (source, target) token counts of the Tk-Instruct prompts of every SuperNI task in
-    $ITSTUDY_SUPERNI_DIR with the T5 vocabulary in $ITSTUDY_T5_TOKENIZER (needs the full install)."""
-    from itstudy.config import VariantConfig
-    from itstudy.data import load_task_file
-    from itstudy.prompts import build_source
-    from itstudy.training.models import load_tokenizer
-    from itstudy.variants import apply_variant
-
-    tokenizer = load_tokenizer("t5")
-    files = sorted(Path(os.environ["ITSTUDY_SUPERNI_DIR"], "tasks").glob("*.json"))
-    tasks = []
-    for path in files:
-        task = apply_variant(load_task_file(path), VariantConfig(), seed=0)
-        sources = [build_source(task, instance.input, tokenizer, max_source) for instance in task.instances]
-        targets = [instance.outputs[0].strip() for instance in task.instances]
-        tasks.append(
-            {
-                "source_lengths": [len(ids) for ids in tokenizer(sources, truncation=True, max_length=max_source)["input_ids"]],
-                "target_lengths": [len(ids) for ids in tokenizer(targets, truncation=True, max_length=max_target)["input_ids"]],
-            }
-        )
-    profile = {
-        "what": "per task: token counts of Tk-Instruct prompts (definition + 2 positive examples) and of first references, T5 vocabulary",
-        "data": f"every instance of the {len(files)} task files of the SuperNI sample ($ITSTUDY_SUPERNI_DIR)",
-        "command": f"python -m itstudy.training.bench profile --max-source {max_source} --max-target {max_target}",
-        "tasks": tasks,
-    }
-    out.write_text(json.dumps(profile) + "\n")
-    print(f"wrote the prompt lengths of {len(tasks)} tasks to {out}")
 
 
 # --- command line ----------------------------------------------------------------------------
