@@ -28,12 +28,12 @@ WORKER_ENV_VARIABLES = (HOME_ENV, CACHE_ENV, SUPERNI_DIR_ENV, T5_TOKENIZER_ENV, 
 
 def itstudy_home() -> Path:
     """$ITSTUDY_HOME or ./itstudy-runs, absolute."""
-    return Path(os.environ.get(HOME_ENV, "itstudy-runs")).expanduser().resolve()
+    return Path(os.environ.get(HOME_ENV) or "itstudy-runs").expanduser().resolve()
 
 
 def cache_home() -> Path:
     """$ITSTUDY_CACHE or ~/.cache/itstudy."""
-    return Path(os.environ.get(CACHE_ENV, "~/.cache/itstudy")).expanduser()
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/itstudy").expanduser()
 
 
 def storage_path(configured: str | Path | None) -> str:
