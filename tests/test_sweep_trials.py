@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 
 from itstudy.config import ConfigError, load_study, study_from_dict, with_overrides
-from itstudy.sweep.driver import plan_experiments, preflight, search_space, untuned_trials
+from itstudy.sweep.preflight import preflight, search_space
 from itstudy.sweep.table import Row, format_table
 from itstudy.sweep.trials import expand_grid, make_trial, sweep_name, evaluation_set_key, untuned_trial
+from itstudy.sweep.tuning import plan_experiments, untuned_trials
 
 DEMO = "experiments/demo.yaml"
 
@@ -138,11 +139,11 @@ def test_table_gives_mean_and_spread_over_seeds_and_says_when_a_gap_is_seed_nois
     ]
     lines = format_table("title", rows).splitlines()
     original = next(line for line in lines if line.startswith("def-original_n20"))
-    assert "62.0 ±  2.8" in original and "+11.0 vs random (beyond seed noise)" in original
+    assert "62.0 ± 2.8" in original and "+11.0 vs random (beyond seed noise)" in original
     simplified = next(line for line in lines if line.startswith("def-simplified_n20"))
     # one of two seeds finished; 51 vs 51 ± 1.4 is within noise
     assert " 1/2 " in simplified and "within seed noise" in simplified
-    assert next(line for line in lines if line.startswith("random")).rstrip().endswith("51.0 ±  1.4")
+    assert next(line for line in lines if line.startswith("random")).rstrip().endswith("51.0 ± 1.4")
 
 
 def test_make_trial_applies_the_point_as_overrides():

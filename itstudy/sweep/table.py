@@ -14,7 +14,12 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-METRICS = ("exact_match", "rougeL")
+import pandas as pd
+
+from itstudy.metrics import METRICS
+from itstudy.tables import mean_sd, text_table
+
+VERSUS = "vs best baseline (exact_match)"
 
 
 @dataclass(frozen=True)
@@ -31,17 +36,16 @@ class Row:
     def values(self, metric: str) -> list[float]:
         return [run[metric] for run in self.runs if metric in run]
 
+    def seeds(self) -> str:
+        """How many seeds finished, as n, or n/expected when some did not."""
+        return f"{len(self.runs)}" if len(self.runs) == self.expected else f"{len(self.runs)}/{self.expected}"
+
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float] | None:
     """(mean, sample std; 0 for one value), or None without values."""
     if not values:
         return None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _cell(values: Sequence[float]) -> str:
-    figures = mean_spread(values)
-    return f"{'-':>13}" if figures is None else f"{figures[0]:6.1f} ± {figures[1]:4.1f}"
 
 
 def _versus(row: Row, best: Row | None) -> str:
@@ -51,20 +55,23 @@ def _versus(row: Row, best: Row | None) -> str:
     difference = mine[0] - theirs[0]
     noise = math.hypot(mine[1], theirs[1])
     verdict = "within seed noise" if abs(difference) <= noise else "beyond seed noise"
-    return f"{difference:+6.1f} vs {best.label} ({verdict})"
+    return f"{difference:+.1f} vs {best.label} ({verdict})"
 
 
 def format_table(title: str, rows: Sequence[Row]) -> str:
     """The table as text; `rows` in display order, configurations first, baselines after."""
     baselines = [row for row in rows if row.is_baseline and row.values("exact_match")]
     best = max(baselines, key=lambda row: statistics.fmean(row.values("exact_match")), default=None)
-    width = max([len(row.label) for row in rows] + [len("configuration")])
-    header = f"{'configuration':<{width}}  seeds  {'exact_match':>13}  {'rougeL':>13}  vs best baseline (exact_match)"
-    lines = [title, header, "-" * len(header)]
-    for index, row in enumerate(rows):
-        if row.is_baseline and (index == 0 or not rows[index - 1].is_baseline):
-            lines.append("-" * len(header))
-        seeds = f"{len(row.runs)}" if len(row.runs) == row.expected else f"{len(row.runs)}/{row.expected}"
-        cells = "  ".join(_cell(row.values(metric)) for metric in METRICS)
-        lines.append(f"{row.label:<{width}}  {seeds:>5}  {cells}  {_versus(row, best)}".rstrip())
-    return "\n".join(lines)
+    frame = pd.DataFrame(
+        [
+            {
+                "configuration": row.label,
+                "seeds": row.seeds(),
+                **{metric: mean_sd(row.values(metric)) for metric in METRICS},
+                VERSUS: _versus(row, best),
+            }
+            for row in rows
+        ],
+        columns=["configuration", "seeds", *METRICS, VERSUS],
+    )
+    return text_table(frame, title)

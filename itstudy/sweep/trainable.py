@@ -8,8 +8,8 @@ the sweep's parent run. Keeping the store out of `config` matters on resume: Tun
 
 Inside the trial:
 1. check that this Ray worker sees the tracking URI the driver chose (pushed through the
-   runtime environment) and reaches the same store: the parent run must be readable
-   (user-pains 2 and 5: a misconfigured worker fails here, loudly, not silently elsewhere);
+   runtime environment) and reaches the same store: the parent run must be readable (a
+   misconfigured worker fails here, loudly, not by silently logging somewhere else);
 2. find the trial's MLflow child run by its key, or create it: a resumed trial continues its
    run instead of adding a second one. A run already FINISHED means the trial is done: its
    metrics are reported to Tune again and nothing is trained (Tune's own state may lag the
@@ -18,10 +18,9 @@ Inside the trial:
    Train controller to start: measured in cluster/README.md); several workers run a
    `TorchTrainer` inside the trial, named by the trial key so that a restarted trial resumes
    from its last checkpoint; the untuned baseline evaluates the initial model zero-shot;
-4. end the run FINISHED, or FAILED with `error.txt`, and report the time spent in data
-   preparation and in the training loop, from which the driver derives orchestration overhead.
-
-Ray is imported here and in the driver only.
+4. end the run FINISHED, or FAILED with `error.txt` (`RunLogger` as a context manager), and
+   report the time spent in data preparation and in the training loop, from which the summary
+   derives orchestration overhead.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +38,16 @@ import transformers
 from itstudy.config import study_from_dict
 from itstudy.sweep.trials import Trial, make_trial, untuned_trial
 from itstudy.tracking import (
+    FoundRun,
     RunLogger,
     TrackingError,
     check_tracking,
-    create_run,
-    find_runs,
+    get_or_create_run,
     get_run,
     log_predictions,
+    reopen_run,
 )
+
 
 @dataclass(frozen=True)
 class SweepContext:
@@ -80,23 +80,17 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     kind = config["trial"]["kind"]
     transformers.utils.logging.disable_progress_bar()  # a bar per checkpoint write floods the driver's log
     check_worker_tracking(context)
-    run_id, finished = child_run(trial, kind, context)
-    if finished is not None:
-        ray.tune.report({**finished, "already_finished": 1.0})
+    run = child_run(trial, kind, context)
+    if run.status == "FINISHED":
+        ray.tune.report({**run.metrics, "already_finished": 1.0})
         return
-    logger = RunLogger(context.tracking_uri, run_id)
-    reopen(logger)
-    logger.set_tags({"itstudy.tune_trial_id": ray.tune.get_context().get_trial_id()})
-    try:
-        timing = _run_untuned(trial, run_id, context) if kind == "untuned" else _run_training(trial, run_id, context)
-    except BaseException as error:
-        logger.log_error("".join(traceback.format_exception(error)))
-        logger.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
-    logger.log_metrics(timing, step=0)
-    logger.end("FINISHED")
+    reopen_run(context.tracking_uri, run.run_id)
+    with RunLogger(context.tracking_uri, run.run_id) as logger:  # ends the run FINISHED, or FAILED with error.txt
+        logger.set_tags({"itstudy.tune_trial_id": ray.tune.get_context().get_trial_id()})
+        timing = _run_untuned(trial, logger) if kind == "untuned" else _run_training(trial, logger, context)
+        logger.log_metrics(timing, step=0)
     # The last report carries the run's final figures (Optuna and the summary read them) and timing.
-    ray.tune.report({**get_run(context.tracking_uri, run_id).data.metrics, **timing})
+    ray.tune.report({**get_run(context.tracking_uri, run.run_id).data.metrics, **timing})
 
 
 def check_worker_tracking(context: SweepContext) -> None:
@@ -118,23 +112,18 @@ def check_worker_tracking(context: SweepContext) -> None:
         ) from None
 
 
-def child_run(trial: Trial, kind: str, context: SweepContext) -> tuple[str, dict[str, float] | None]:
-    """(run id, final metrics if the run already FINISHED) of the trial's child run, created if missing."""
-    identity = {"itstudy.trial_key": trial.key, "mlflow.parentRunId": context.parent_run_id}
-    runs = find_runs(context.tracking_uri, context.experiment_id, identity)
-    if runs:
-        run = runs[0]
-        return run.info.run_id, (dict(run.data.metrics) if run.info.status == "FINISHED" else None)
+def child_run_identity(trial_key: str, context: SweepContext) -> dict[str, str]:
+    """The tags that identify a trial's MLflow child run within this sweep."""
+    return {"itstudy.trial_key": trial_key, "mlflow.parentRunId": context.parent_run_id}
+
+
+def child_run(trial: Trial, kind: str, context: SweepContext) -> FoundRun:
+    """The trial's child run, found by its key (a resumed trial continues it) or created."""
     tags = {**trial_tags(trial, kind), "itstudy.study": trial.study.name, "itstudy.status": "RUNNING"}
-    run_id = create_run(context.tracking_uri, context.experiment_id, trial.key, tags, parent_run_id=context.parent_run_id)
-    return run_id, None
-
-
-def reopen(logger: RunLogger) -> None:
-    """Mark a run RUNNING again when a rerun continues it (its earlier end set FINISHED/FAILED/KILLED)."""
-    # RunLogger has no call of its own for this; its public MLflow client does it.
-    logger.client.update_run(logger.run_id, status="RUNNING")
-    logger.set_tags({"itstudy.status": "RUNNING"})
+    identity = child_run_identity(trial.key, context)
+    return get_or_create_run(
+        context.tracking_uri, context.experiment_id, trial.key, identity, tags, parent_run_id=context.parent_run_id
+    )
 
 
 def trial_tags(trial: Trial, kind: str) -> dict[str, str]:
@@ -147,11 +136,11 @@ def trial_tags(trial: Trial, kind: str) -> dict[str, str]:
 # --- the three ways a trial runs ---------------------------------------------------------------
 
 
-def _run_training(trial: Trial, run_id: str, context: SweepContext) -> dict[str, float]:
+def _run_training(trial: Trial, logger: RunLogger, context: SweepContext) -> dict[str, float]:
     from itstudy.training.runner import build_trainer, prepare_job
 
     started = time.perf_counter()
-    job = prepare_job(trial.study, run_id=run_id, tracking_uri=context.tracking_uri)
+    job = prepare_job(trial.study, run_id=logger.run_id, tracking_uri=context.tracking_uri)
     prepared = time.perf_counter()
     if trial.study.resources.workers_per_trial == 1:
         # The lighter path: the loop runs in this Tune trial, no Train controller to start.
@@ -159,7 +148,7 @@ def _run_training(trial: Trial, run_id: str, context: SweepContext) -> dict[str,
         from itstudy.training.reporter import TuneReporter
 
         reporter = TuneReporter()
-        _note_resume(reporter.restored_checkpoint(), run_id, context)
+        _note_resume(reporter.restored_checkpoint(), logger)
         run_worker(job, reporter)
         return {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -170,21 +159,21 @@ def _run_training(trial: Trial, run_id: str, context: SweepContext) -> dict[str,
     )
     result = trainer.fit()
     if result.checkpoint:  # the Train run's storage, not the Tune trial's: point MLflow at it
-        RunLogger(context.tracking_uri, run_id).set_tags({"itstudy.checkpoint": result.checkpoint.path})
+        logger.set_tags({"itstudy.checkpoint": result.checkpoint.path})
     timing = {"prepare_s": prepared - started, "train_fit_s": time.perf_counter() - prepared}
     if "loop_s" in result.metrics:  # the loop's own time, when the Train workers report it
         timing["train_loop_s"] = result.metrics["loop_s"]
     return timing
 
 
-def _note_resume(checkpoint: Path | None, run_id: str, context: SweepContext) -> None:
+def _note_resume(checkpoint: Path | None, logger: RunLogger) -> None:
     """Tag the run with the step it resumes from (the loop's checkpoints describe themselves in metrics.json)."""
     if checkpoint is not None:
         step = json.loads((checkpoint / "metrics.json").read_text())["step"]
-        RunLogger(context.tracking_uri, run_id).set_tags({"itstudy.resumed_from_step": step})
+        logger.set_tags({"itstudy.resumed_from_step": step})
 
 
-def _run_untuned(trial: Trial, run_id: str, context: SweepContext) -> dict[str, float]:
+def _run_untuned(trial: Trial, logger: RunLogger) -> dict[str, float]:
     """The untuned baseline: the initial model (pretrained, or a seeded random init) zero-shot on the test prompts."""
     from itstudy.metrics import score_predictions
     from itstudy.training.evaluate import generate_predictions
@@ -202,7 +191,6 @@ def _run_untuned(trial: Trial, run_id: str, context: SweepContext) -> dict[str, 
     predictions = generate_predictions(
         model, tokenizer, data.test, batch_size=study.eval.batch_size, max_new_tokens=study.eval.max_new_tokens, dtype=dtype
     )
-    logger = RunLogger(context.tracking_uri, run_id)
     logger.log_config(study)
     logger.log_environment()
     log_predictions(logger, score_predictions(predictions), prompts=data.sample_prompts)

@@ -54,7 +54,7 @@ class Trial:
     """The configuration the trial belongs to: its key without seed and digest (what seeds share)."""
 
     def tags(self) -> dict[str, str]:
-        """The MLflow tags that describe this trial (naming contract in the design notes)."""
+        """The MLflow tags that describe this trial: how the report and the MLflow UI find and group it."""
         return {
             "itstudy.kind": "trial",
             "itstudy.trial_key": self.key,

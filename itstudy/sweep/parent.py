@@ -1,0 +1,61 @@
+"""The sweep's MLflow parent run: opened (or found again), its model-free baselines, its orphans closed.
+
+One parent run per sweep, named `<study>-<digest8>` and found again by that name, so a rerun of
+the same command continues it. It holds the experiment file, the config, the trial list and the
+code version; every trial and baseline is one of its child runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from itstudy.baseline_run import BaselineResults, run_baselines
+from itstudy.baselines import BASELINES as MODEL_FREE_BASELINES
+from itstudy.config import Study
+from itstudy.sweep.trials import Trial, evaluation_set_key, sweep_name
+from itstudy.tracking import RunLogger, find_runs, get_or_create_run, reopen_run
+
+
+def open_parent_run(
+    study: Study, trials: list[Trial], untuned: list[Trial], uri: str, experiment_id: str, experiment_file: Path | None
+) -> RunLogger:
+    """The sweep's parent run, found by its name (a rerun continues it) or created; config and trial list logged."""
+    name = sweep_name(study)
+    identity = {"itstudy.kind": "sweep", "itstudy.sweep": name}
+    found = get_or_create_run(uri, experiment_id, name, identity, tags={"itstudy.study": study.name})
+    if not found.created:
+        print(f"[{name}] resuming sweep: MLflow parent run {found.run_id}")
+    reopen_run(uri, found.run_id)
+    parent = RunLogger(uri, found.run_id)
+    parent.log_config(study)
+    parent.log_environment()
+    if experiment_file is not None:
+        parent.log_file(experiment_file, "experiment")
+    listing = [{"key": trial.key, "kind": "trial", "point": trial.point} for trial in trials]
+    listing += [{"key": trial.key, "kind": "untuned", "point": trial.point} for trial in untuned]
+    parent.log_dict_yaml(listing, "trials.yaml")
+    return parent
+
+
+def model_free_baselines(study: Study, trials: list[Trial], parent_run_id: str) -> list[BaselineResults]:
+    """Each model-free baseline once per test-task set and seed (finished runs are reused, not redone)."""
+    names = [name for name in study.baselines if name in MODEL_FREE_BASELINES]
+    if not names:
+        return []
+    groups: dict[str, tuple[Study, set[int]]] = {}
+    for trial in trials:
+        groups.setdefault(evaluation_set_key(trial.study), (trial.study, set()))[1].add(trial.study.seed)
+    results = [run_baselines(group, names, sorted(seeds), parent_run_id) for group, seeds in groups.values()]
+    for result in results:
+        reused = sum(record.reused for record in result.records)
+        print(
+            f"[{sweep_name(study)}] baselines {', '.join(names)} on {len(result.tasks)} test tasks, "
+            f"seeds {', '.join(map(str, result.seeds))}: {len(result.records) - reused} run, {reused} reused"
+        )
+    return results
+
+
+def close_orphans(uri: str, experiment_id: str, parent_run_id: str) -> None:
+    """End KILLED every child run still RUNNING: its trial was stopped before it could end its run."""
+    for run in find_runs(uri, experiment_id, {"mlflow.parentRunId": parent_run_id}, status="RUNNING"):
+        RunLogger(uri, run.info.run_id).end("KILLED")

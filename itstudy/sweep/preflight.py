@@ -1,0 +1,87 @@
+"""Pre-flight: everything a sweep refuses before Ray starts or MLflow is written.
+
+Each refusal is a ConfigError naming the field (or the trial) at fault: a RAY_ADDRESS that is a
+job-server URL, a trial whose batch arithmetic does not fit its worker count or whose model is
+unknown, data that cannot be selected, a variant that does not fit its tasks (a simplified
+definition on a task without labels), an unknown search-space type or a search over a swept key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+from ray import tune
+
+from itstudy.config import ConfigError, Study, with_overrides
+from itstudy.data import SelectionError, SourceError, SyntheticError, TaskFileError, load_study_data
+from itstudy.sweep.trials import Trial
+from itstudy.training.runner import check_run
+from itstudy.variants import VariantError, apply_variant
+
+SEARCH_TYPES = {
+    "loguniform": lambda spec: tune.loguniform(spec["low"], spec["high"]),
+    "uniform": lambda spec: tune.uniform(spec["low"], spec["high"]),
+    "choice": lambda spec: tune.choice(spec["values"]),
+}
+
+
+def search_space(study: Study) -> dict[str, Any] | None:
+    """The Tune search space of `search.space`, each key checked against the config; None without a search."""
+    if study.search is None:
+        return None
+    if not study.search.space:
+        raise ConfigError("search.space: empty; give at least one key, e.g. train.learning_rate: {type: loguniform, low: 1e-5, high: 1e-3}")
+    space = {}
+    for key, spec in study.search.space.items():
+        where = f"search.space.{key}"
+        if key in study.grid:
+            raise ConfigError(f"{where}: '{key}' is also a grid axis; sweep it in one place")
+        kind = spec.get("type")
+        if kind not in SEARCH_TYPES:
+            raise ConfigError(f"{where}.type: expected one of {sorted(SEARCH_TYPES)}, got {kind!r}")
+        try:
+            space[key] = SEARCH_TYPES[kind](spec)
+            example = spec["values"][0] if kind == "choice" else spec["low"]
+        except KeyError as missing:
+            raise ConfigError(f"{where}: type {kind} needs '{missing.args[0]}'") from None
+        except (ValueError, TypeError, IndexError) as error:
+            raise ConfigError(f"{where}: {error}") from None
+        with_overrides(study, {key: example}, origin=where)  # the key must name a field of that type
+    return space
+
+
+def preflight(study: Study, trials: list[Trial]) -> None:
+    """Refuse what would fail inside Ray, while nothing has started yet."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if urlparse(address).scheme in ("http", "https"):
+        raise ConfigError(
+            f"RAY_ADDRESS={address} is a job-server address: submit the study with `ray job submit` "
+            f"(cluster/README.md), or unset RAY_ADDRESS to run on a local Ray"
+        )
+    for trial in trials:
+        try:
+            check_run(trial.study, trial.study.resources.workers_per_trial)
+        except ConfigError as error:
+            raise ConfigError(f"trial {trial.key}: {error}") from None
+    check_variants(trials)
+
+
+def check_variants(trials: list[Trial]) -> None:
+    """Load each distinct data selection and apply its variants, so that a misfit fails before Ray starts."""
+    checked = set()
+    for trial in trials:
+        study = trial.study
+        identity = (study.data.model_dump_json(), study.variant.model_dump_json())
+        if identity in checked:
+            continue
+        checked.add(identity)
+        try:
+            data = load_study_data(study.data, study.seed)
+            for task in data.train + (data.test if study.variant.apply_to_test else ()):
+                apply_variant(task, study.variant, study.seed)
+        except (SelectionError, SourceError, SyntheticError, TaskFileError) as error:
+            raise ConfigError(f"data: {error}") from None
+        except VariantError as error:
+            raise ConfigError(f"variant: {error}") from None
