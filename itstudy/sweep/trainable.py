@@ -46,7 +46,6 @@ from itstudy.tracking import (
     create_run,
     find_runs,
     get_run,
-    log_predictions,
 )
 
 @dataclass(frozen=True)
@@ -186,7 +185,7 @@ def _note_resume(checkpoint: Path | None, run_id: str, context: SweepContext) ->
 
 def _run_untuned(trial: Trial, run_id: str, context: SweepContext) -> dict[str, float]:
     """The untuned baseline: the initial model (pretrained, or a seeded random init) zero-shot on the test prompts."""
-    from itstudy.metrics import score_predictions
+    from itstudy.metrics import aggregate, score_predictions, task_rows
     from itstudy.training.evaluate import generate_predictions
     from itstudy.training.models import build_model, compute_dtype
     from itstudy.training.prepare import prepare_run
@@ -205,5 +204,7 @@ def _run_untuned(trial: Trial, run_id: str, context: SweepContext) -> dict[str, 
     logger = RunLogger(context.tracking_uri, run_id)
     logger.log_config(study)
     logger.log_environment()
-    log_predictions(logger, score_predictions(predictions), prompts=data.sample_prompts)
+    scored = score_predictions(predictions)
+    logger.log_prompts(data.sample_prompts)
+    logger.log_predictions([item.record() for item in scored], task_rows(scored), aggregate(scored))
     return {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}

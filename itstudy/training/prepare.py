@@ -23,10 +23,11 @@ from itstudy.config import ConfigError, Study
 from itstudy.data import SelectionError, SourceError, SyntheticError, TaskFileError, load_study_data
 from itstudy.data.task import Task
 from itstudy.prompts import build_source, choose_target, prompt_hash
+from itstudy.seeding import task_rng
 from itstudy.training.engine import Seq2SeqExample
 from itstudy.training.evaluate import EvalItem
 from itstudy.training.models import ModelSpecError, load_tokenizer, train_bpe_tokenizer
-from itstudy.variants import VariantError, apply_variant, task_rng
+from itstudy.variants import VariantError, apply_variant
 
 # Prompt scaffolding that every source contains, added to a BPE tokenizer's training texts.
 _PROMPT_WORDS = "Definition: Positive Example Negative Example Now complete the following example - Input: Output:"
