@@ -4,8 +4,8 @@ Input: `StudyRuns.scores`, one row per finished run and test task. Output: plain
 the report renders as HTML tables, CSV files and figures. Statistics are `dashboards.stats`.
 
 - Splits: all test tasks, classification tasks, generation tasks (as each run's
-  task_metrics.csv classifies them). Headline metric per split, as in the study protocol: EM on
-  all and on classification tasks, ROUGE-L on generation tasks.
+  task_metrics.csv classifies them). Headline metric per split: EM on all and on classification
+  tasks, ROUGE-L on generation tasks.
 - Conditions: trial conditions (a variant, plus any other grid axis) at each training size, and
   baselines. A baseline whose runs carry a single data size does not depend on it (model-free
   baselines, the untuned model with a fixed tokenizer) and stands for every size.

@@ -31,15 +31,14 @@ import pandas as pd
 from dashboards import analysis, figures
 from dashboards.runs import BASELINE, FINISHED, TRIAL, StudyRuns, param, read_study
 from dashboards.stats import DEFAULT_MARGIN, METHOD
-from itstudy.config import itstudy_home
-from itstudy.tracking import RunLogger
-from itstudy.ui import study_store
+from itstudy.paths import itstudy_home
+from itstudy.provenance import VERSIONED_PACKAGES
+from itstudy.tracking import RunLogger, study_store
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 ARTIFACT_DIR = "report"
-VERSIONED = ("python", "torch", "transformers", "ray", "mlflow", "datasets")
 
 
 def build_report(
@@ -190,7 +189,7 @@ def _provenance(study: StudyRuns) -> list[tuple[str, str]]:
     commit = param(sweep, "params.env.git_commit")
     dirty = " (uncommitted changes)" if param(sweep, "params.env.git_dirty", "") == "true" else ""
     digests = sorted(set(runs["data_digest"]) - {""})
-    versions = ", ".join(f"{name} {param(sweep, f'params.env.{name}', '?')}" for name in VERSIONED)
+    versions = ", ".join(f"{name} {param(sweep, f'params.env.{name}', '?')}" for name in ("python", *VERSIONED_PACKAGES))
     return [
         ("MLflow store", study.tracking_uri),
         ("experiment", f"{study.experiment} (id {study.experiment_id})"),

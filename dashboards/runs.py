@@ -5,7 +5,7 @@ their tags, params and final metrics in one query, and a few small artifacts (on
 `task_metrics.csv` per distinct test set, for the classification/generation split; the sweep's
 `trials.yaml`, for trials that never started; `error.txt` of failed runs).
 
-A run is placed by its tags (naming contract): `itstudy.kind` trial or baseline,
+A run is placed by the tags the sweep writes: `itstudy.kind` trial or baseline,
 `itstudy.variant`, `itstudy.instances_per_task`, `itstudy.seed`, `itstudy.baseline`. A trial's
 condition is its variant plus any other grid axis of the sweep (read from the sweep's `grid.*`
 params); a baseline's condition is its name (the untuned model per variant, as its prompts are).

@@ -25,22 +25,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import statistics
 from dataclasses import dataclass
+
+import pandas as pd
 
 from itstudy.baselines import BASELINES, run_baseline
 from itstudy.config import ConfigError, Study, to_plain
 from itstudy.data import StudyData, Task, load_study_data
 from itstudy.data.selection import selection_digest
-from itstudy.metrics import score_predictions
+from itstudy.metrics import aggregate, score_predictions, task_rows
+from itstudy.tables import MISSING, mean_sd, text_table
 from itstudy.tracking import (
     RunLogger,
     check_tracking,
-    create_run,
     ensure_experiment,
     experiment_name,
-    find_runs,
-    log_predictions,
+    get_or_create_run,
     resolve_tracking_uri,
 )
 
@@ -147,22 +147,19 @@ def record_baseline(
     key = baseline_data_key(data.test)
     run_name = baseline_run_name(name, seed, key)
     identity = {"itstudy.kind": "baseline", "itstudy.trial_key": run_name, "itstudy.data_key": key}
-    finished = find_runs(uri, experiment_id, identity, status="FINISHED")
-    if finished:
-        log.info("baseline %s seed %d: reusing finished MLflow run %s", name, seed, finished[0].info.run_id)
-        return BaselineRecord(name, seed, finished[0].info.run_id, run_name, True, dict(finished[0].data.metrics))
-
-    outcome = run_baseline(name, data.test, seed)
-    scored = score_predictions(outcome.predictions)
     tags = {
-        **identity,
         "itstudy.study": study.name,
         "itstudy.baseline": name,
         "itstudy.seed": seed,
         "itstudy.test_task_kind": study.data.test_task_kind,
     }
-    run_id = create_run(uri, experiment_id, run_name, tags, parent_run_id=parent_run_id)
-    with RunLogger(uri, run_id) as logger:
+    run = get_or_create_run(uri, experiment_id, run_name, identity, tags, parent_run_id, reuse_status="FINISHED")
+    if not run.created:
+        log.info("baseline %s seed %d: reusing finished MLflow run %s", name, seed, run.run_id)
+        return BaselineRecord(name, seed, run.run_id, run_name, True, run.metrics)
+
+    with RunLogger(uri, run.run_id) as logger:
+        outcome = run_baseline(name, data.test, seed)
         logger.log_params({"baseline": name, "seed": seed, "data": to_plain(study)["data"]})
         logger.log_params({"label_space.sources": sorted({t.label_space.source for t in data.test if t.label_space})})
         logger.log_params({"skipped_tasks": len(outcome.skipped)})
@@ -173,8 +170,10 @@ def record_baseline(
             logger.log_text("".join(f"{task}\t{why}\n" for task, why in outcome.skipped.items()), "skipped_tasks.tsv")
         if data.notes:
             logger.log_text("\n".join(data.notes) + "\n", "data_notes.txt")
-        metrics = log_predictions(logger, scored)
-    return BaselineRecord(name, seed, run_id, run_name, False, metrics)
+        scored = score_predictions(outcome.predictions)
+        metrics = aggregate(scored)
+        logger.log_predictions([item.record() for item in scored], task_rows(scored), metrics)
+    return BaselineRecord(name, seed, run.run_id, run_name, False, metrics)
 
 
 def _test_task(task: Task) -> TaskRow:
@@ -184,41 +183,33 @@ def _test_task(task: Task) -> TaskRow:
 def format_baseline_table(results: BaselineResults) -> str:
     """Per-task and overall exact match (%), mean ± sample std over seeds, and where the runs are."""
     baselines = results.baselines
-    width = max(len(task.name) for task in results.tasks)
-    header = f"{'task':<{width}}  labels     n  " + "  ".join(f"{name:>15}" for name in baselines)
-    lines = [
-        f"Exact match (%) on {len(results.tasks)} test tasks of {results.source}, "
-        f"mean ± std over seeds {', '.join(map(str, results.seeds))}",
-        header,
-        "-" * len(header),
+    rows = [
+        {
+            "task": task.name,
+            "labels": MISSING if task.labels is None else task.labels,
+            "n": task.instances,
+            **{name: mean_sd(results.values(name, f"exact_match_for_{task.name}")) for name in baselines},
+        }
+        for task in results.tasks
     ]
-    for task in results.tasks:
-        labels = "-" if task.labels is None else str(task.labels)
-        cells = [_mean_spread(results.values(name, f"exact_match_for_{task.name}")) for name in baselines]
-        lines.append(f"{task.name:<{width}}  {labels:>6}  {task.instances:>4}  " + "  ".join(cells))
-    lines.append("-" * len(header))
     total = sum(task.instances for task in results.tasks)
     for label, metric in (("instance mean", "exact_match"), ("task mean", "exact_match_task_mean")):
-        cells = [_mean_spread(results.values(name, metric)) for name in baselines]
-        lines.append(f"{'overall, ' + label:<{width + 14}}  " + "  ".join(cells))
+        overall = {name: mean_sd(results.values(name, metric)) for name in baselines}
+        rows.append({"task": f"overall, {label}", "labels": "", "n": total, **overall})
+    title = (
+        f"Exact match (%) on {len(results.tasks)} test tasks of {results.source}, "
+        f"mean ± std over seeds {', '.join(map(str, results.seeds))}"
+    )
     reused = sum(record.reused for record in results.records)
-    lines.append(
-        f"({total} instances; instance mean pools them all, task mean weighs each task equally; "
-        f"'-' = baseline not applicable to the task)"
+    return "\n".join(
+        [
+            text_table(pd.DataFrame(rows), title=title),
+            f"({total} instances; instance mean pools them all, task mean weighs each task equally; "
+            f"'{MISSING}' = baseline not applicable to the task)",
+            f"MLflow {results.tracking_uri}, experiment {results.experiment_id}: "
+            f"{len(results.records) - reused} runs recorded, {reused} reused (already finished)",
+        ]
     )
-    lines.append(
-        f"MLflow {results.tracking_uri}, experiment {results.experiment_id}: "
-        f"{len(results.records) - reused} runs recorded, {reused} reused (already finished)"
-    )
-    return "\n".join(lines)
-
-
-def _mean_spread(values: list[float]) -> str:
-    if not values:
-        return f"{'-':>15}"
-    if len(values) == 1:
-        return f"{values[0]:>15.1f}"
-    return f"{statistics.fmean(values):>8.1f} ± {statistics.stdev(values):4.1f}"
 
 
 def baseline_command(study: Study, names: list[str], seeds: list[int]) -> BaselineResults:

@@ -1,7 +1,7 @@
-"""`itstudy ui`: the MLflow UI on a study's tracking store, and where that store is.
+"""`itstudy ui`: the MLflow UI on a study's tracking store.
 
-`study_store` turns what a user types (an experiment file, a study name, or nothing) into the
-tracking URI and the MLflow experiment name; `itstudy report` uses it too. `ui_command` starts
+`itstudy.tracking.study_store` turns what a user types (an experiment file, a study name, or
+nothing) into the tracking URI and the MLflow experiment name. `ui_command` starts
 `mlflow server` in the foreground with settings that suit one person's study: the study's store
 (SQLite by default), one worker, job execution off (about 0.4 GB instead of nine processes and
 1.4 GB), loopback only. On a cluster, run it on the head node and forward the port:
@@ -20,41 +20,15 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from itstudy.config import ConfigError, TrackingConfig, config_digest, load_study
-from itstudy.tracking import artifact_root, experiment_name, resolve_tracking_uri
+from itstudy.config import ConfigError
+from itstudy.tracking import artifact_root, study_store
 
 READY_TIMEOUT_S = 90.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-@dataclass(frozen=True)
-class StudyStore:
-    """Where a study's runs are: tracking URI and experiment, and the config digest when a file was given."""
-
-    tracking_uri: str
-    experiment: str
-    config_digest: str | None
-    """The experiment file's config digest (selects its sweep); None for a bare study name."""
-
-
-def study_store(study_or_experiment: str | None, tracking_uri: str | None = None) -> StudyStore:
-    """An experiment file (`*.yaml`, `*.yml` or an existing file) or a study name -> its store.
-
-    The URI is `tracking_uri` if given, else the file's tracking settings, else
-    $MLFLOW_TRACKING_URI, else the SQLite store under $ITSTUDY_HOME (`resolve_tracking_uri`).
-    """
-    override = TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None
-    target = study_or_experiment or ""
-    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        study = load_study(target)
-        uri = resolve_tracking_uri(override or study.tracking)
-        return StudyStore(uri, experiment_name(study), config_digest(study))
-    return StudyStore(resolve_tracking_uri(override or TrackingConfig()), target, None)
 
 
 def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -75,7 +49,7 @@ def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000)
 
 
 def server_env() -> dict[str, str]:
-    # Job execution starts extra worker processes that a read-mostly UI does not need (stack notes).
+    # Job execution starts extra worker processes that a read-mostly UI does not need.
     return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 

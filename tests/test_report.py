@@ -388,7 +388,8 @@ def test_a_100_run_study_with_superni_sized_test_set_builds_a_full_report(tmp_pa
 
 def test_study_store_reads_the_experiment_file_or_takes_a_study_name(tmp_path, isolated_home):
     from itstudy.config import config_digest, load_study
-    from itstudy.ui import server_command, study_store
+    from itstudy.tracking import study_store
+    from itstudy.ui import server_command
 
     experiment_file = tmp_path / "mine.yaml"
     experiment_file.write_text(f"name: mine\ntracking: {{experiment: mine-exp, tracking_uri: 'sqlite:///{tmp_path}/x.db'}}\n")

@@ -19,7 +19,8 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from itstudy.config import TrackingConfig, study_from_dict
 from itstudy.ui import wait_until_ready
-from itstudy.metrics import Prediction, score_predictions
+from itstudy.metrics import Prediction, aggregate, score_predictions, task_rows
+from itstudy.provenance import environment_info
 from itstudy.tracking import (
     RunLogger,
     TrackingError,
@@ -27,13 +28,13 @@ from itstudy.tracking import (
     create_run,
     download_artifact,
     ensure_experiment,
-    environment_info,
     find_run_by_name,
     find_runs,
+    get_or_create_run,
     get_run,
     list_artifacts,
     load_runs,
-    log_predictions,
+    reopen_run,
     resolve_tracking_uri,
     tracking_env,
 )
@@ -146,7 +147,7 @@ def test_worker_environment_carries_uri_credentials_and_commit(sqlite_uri, tmp_p
     copy = tmp_path / "working_dir"
     shutil.copytree(Path(__file__).resolve().parents[1] / "itstudy", copy / "itstudy")
     worker = (
-        "import json, os; from itstudy.tracking import check_tracking, environment_info; "
+        "import json, os; from itstudy.provenance import environment_info; from itstudy.tracking import check_tracking; "
         "check_tracking(os.environ['MLFLOW_TRACKING_URI']); print(json.dumps(environment_info()))"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ITSTUDY_GIT"))}
@@ -228,8 +229,11 @@ def test_artifacts_predictions_and_dataset_lineage(sqlite_uri, tmp_path):
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / "pointer.txt").write_text("s3://bucket/ckpt-10\n")
+    scored = score_predictions(predictions)
+    metrics = aggregate(scored)
     with RunLogger(sqlite_uri, run_id) as logger:
-        metrics = log_predictions(logger, score_predictions(predictions), prompts=["Definition: x\n\nOutput: "])
+        logger.log_predictions([item.record() for item in scored], task_rows(scored), metrics)
+        logger.log_prompts(["Definition: x\n\nOutput: "])
         logger.log_dir(checkpoint, "checkpoint")
         logger.log_dataset(digest, "superni:/data@ae457ac", name="demo-test", n_instances=3)
 
@@ -279,6 +283,25 @@ def test_child_runs_are_found_by_parent_and_tags(sqlite_uri):
     assert table.loc[baseline, "parent_run_id"] == parent and table.loc[baseline, "tags.itstudy.kind"] == "baseline"
     assert table.loc[trials[0], "status"] == "FINISHED" and table.loc[trials[1], "tags.itstudy.seed"] == "2"
     assert len(table) == 4
+
+
+def test_a_run_is_found_by_its_identity_else_created_and_reopened_to_continue(sqlite_uri):
+    experiment_id = ensure_experiment(sqlite_uri, "identity")
+    identity = {"itstudy.trial_key": "def-original_n10_s1_abc", "itstudy.kind": "trial"}
+    first = get_or_create_run(sqlite_uri, experiment_id, "trial-a", identity, tags={"itstudy.seed": 1})
+    assert first.created and first.status == "RUNNING"
+    with RunLogger(sqlite_uri, first.run_id) as logger:
+        logger.log_metrics({"exact_match": 40.0})
+
+    again = get_or_create_run(sqlite_uri, experiment_id, "trial-a", identity)
+    assert (again.run_id, again.created, again.status, again.metrics) == (first.run_id, False, "FINISHED", {"exact_match": 40.0})
+    # Only FINISHED runs are reused when asked so: a run of another status means "create a new one".
+    reopen_run(sqlite_uri, first.run_id)
+    run = get_run(sqlite_uri, first.run_id)
+    assert run.info.status == "RUNNING" and run.data.tags["itstudy.status"] == "RUNNING"
+    assert run.data.tags["itstudy.seed"] == "1"
+    fresh = get_or_create_run(sqlite_uri, experiment_id, "trial-a", identity, reuse_status="FINISHED")
+    assert fresh.created and fresh.run_id != first.run_id
 
 
 # --- a real tracking server ----------------------------------------------------------------------

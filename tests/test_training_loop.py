@@ -6,8 +6,11 @@ uninterrupted run exactly."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -214,6 +217,32 @@ def test_a_checkpoint_of_other_data_is_refused(prepared, tmp_path):
     other = dataclasses.replace(data, train=data.train[:-1])
     with pytest.raises(ConfigError, match="written for other token ids"):
         run_worker(WorkerJob(study, other, tokenizer), PlainReporter(tmp_path / "run"))
+
+
+def test_a_tracked_plain_run_logs_through_its_reporter(prepared, tmp_path):
+    from itstudy.tracking import create_run, download_artifact, ensure_experiment, get_run, list_artifacts
+
+    study, tokenizer, data = prepared
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = create_run(uri, ensure_experiment(uri, "loop"), "tracked", tags={})
+    reporter = PlainReporter(tmp_path / "checkpoints")
+    metrics = run_worker(WorkerJob(study, data, tokenizer, run_id=run_id, tracking_uri=uri), reporter)
+
+    assert reporter.logger is None, "the logger is closed with the loop"
+    run = get_run(uri, run_id)
+    assert run.data.params["run.total_steps"] == "40" and run.data.params["env.git_commit"]
+    assert run.data.metrics["exact_match"] == pytest.approx(metrics["exact_match"])
+    assert {"config.yaml", "prompts.txt", "predictions.jsonl", "task_metrics.csv"} <= set(list_artifacts(uri, run_id))
+    records = download_artifact(uri, run_id, "predictions.jsonl", tmp_path / "artifacts").read_text().splitlines()
+    assert len(records) == len(data.test) and json.loads(records[0])["instance_id"] == data.test[0].instance_id
+    assert {dataset.dataset.digest for dataset in run.inputs.dataset_inputs} == {data.digest[:36]}
+    assert run.info.status == "RUNNING", "the driver that created the run ends it"
+
+
+def test_the_loop_imports_neither_mlflow_nor_ray():
+    probe = "import sys, itstudy.training.loop; print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'ray'}))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_plain_config_round_trip_of_the_shipped_experiment():

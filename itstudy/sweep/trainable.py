@@ -44,7 +44,6 @@ from itstudy.tracking import (
     check_tracking,
     get_or_create_run,
     get_run,
-    log_predictions,
     reopen_run,
 )
 
@@ -175,7 +174,7 @@ def _note_resume(checkpoint: Path | None, logger: RunLogger) -> None:
 
 def _run_untuned(trial: Trial, logger: RunLogger) -> dict[str, float]:
     """The untuned baseline: the initial model (pretrained, or a seeded random init) zero-shot on the test prompts."""
-    from itstudy.metrics import score_predictions
+    from itstudy.metrics import aggregate, score_predictions, task_rows
     from itstudy.training.evaluate import generate_predictions
     from itstudy.training.models import build_model, compute_dtype
     from itstudy.training.prepare import prepare_run
@@ -193,5 +192,7 @@ def _run_untuned(trial: Trial, logger: RunLogger) -> dict[str, float]:
     )
     logger.log_config(study)
     logger.log_environment()
-    log_predictions(logger, score_predictions(predictions), prompts=data.sample_prompts)
+    scored = score_predictions(predictions)
+    logger.log_prompts(data.sample_prompts)
+    logger.log_predictions([item.record() for item in scored], task_rows(scored), aggregate(scored))
     return {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}

@@ -16,27 +16,26 @@ What one run does:
   batches are grouped by length and padded dynamically (`itstudy.training.engine`);
 - every `train.eval_every_steps` and at the end: greedy generation on the test prompts, SuperNI
   metrics, a checkpoint (written by rank 0, reported by every rank), retention by the driver;
-- rank 0 logs into the MLflow run whose id it was given (never a run of its own): config and
-  params once, environment, dataset lineage, training metrics every `train.log_every_steps`,
-  evaluation metrics, and at the end predictions.jsonl, task_metrics.csv; tracking failures are
-  retried and then dropped by `itstudy.tracking.RunLogger`, never raised into training.
+- everything it records goes through the reporter: on rank 0 of a tracked run (the MLflow run
+  id the driver gave it, never a run of its own) config and params once, environment, dataset
+  lineage, training metrics every `train.log_every_steps`, evaluation metrics, and at the end
+  predictions.jsonl and task_metrics.csv; tracking failures are retried and then dropped by
+  `itstudy.tracking.RunLogger`, never raised into training.
 
-Resuming from a checkpoint replays exactly what an uninterrupted run does: the data order is a
-function of (seed, step), and the RNG states are restored per rank. A checkpoint written for other
-token ids or another world size is refused. The run is ended (FINISHED / FAILED) by the driver,
-which also knows where Ray stored the final checkpoint.
+Resuming from a checkpoint (`itstudy.training.checkpoints`) replays exactly what an uninterrupted
+run does: the data order is a function of (seed, step), and the RNG states are restored per rank.
+The run is ended (FINISHED / FAILED) by the driver, which also knows where Ray stored the final
+checkpoint.
 
 `train.fail_at_step` is fault injection for tests: rank 0 raises at that step unless it resumed.
-MLflow is imported only when a run id is given (tracking imports it), Ray not at all.
+This module imports neither Ray nor MLflow: a plain run without a tracking URI needs neither.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +43,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from itstudy.config import ConfigError, Study, config_digest, gradient_accumulation, to_plain
+from itstudy.config import Study, gradient_accumulation
 from itstudy.metrics import aggregate, score_predictions
+from itstudy.training.checkpoints import (
+    gather_rng_states,
+    read_trainer_state,
+    seed_everything,
+    set_rng_state,
+    write_checkpoint,
+)
 from itstudy.training.engine import StepPlan, StepResult, collate, make_optimizer, make_scheduler, total_steps, train_step
 from itstudy.training.evaluate import generate_predictions
 from itstudy.training.models import build_model, compute_dtype, load_model, parameter_counts
 from itstudy.training.prepare import RunData, prepare_run
 from itstudy.training.reporter import PlainReporter, Reporter
-
-TRAINER_STATE = "trainer_state.pt"
 
 
 class InjectedFault(RuntimeError):
@@ -79,13 +82,8 @@ def run_worker(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
 
     Returns the last evaluation's metrics on rank 0 and {} on other ranks.
     """
-    tracker = _open_tracker(job, reporter)
-    with _cpu_threads(job.study, reporter.device):
-        try:
-            return _train(job, reporter, tracker)
-        finally:
-            if tracker:
-                tracker.flush()  # a failing worker's buffered metrics are kept too
+    with reporter.tracking(job.tracking_uri, job.run_id), _cpu_threads(job.study, reporter.device):
+        return _train(job, reporter)
 
 
 @contextlib.contextmanager
@@ -104,7 +102,7 @@ def _cpu_threads(study: Study, device: torch.device):
         torch.set_num_threads(previous)
 
 
-def _train(job: WorkerJob, reporter: Reporter, tracker) -> dict[str, float]:
+def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
     loop_started = time.perf_counter()
     study, train = job.study, job.study.train
     accumulation = gradient_accumulation(train, reporter.world_size)
@@ -113,7 +111,7 @@ def _train(job: WorkerJob, reporter: Reporter, tracker) -> dict[str, float]:
     plan = StepPlan([len(e.input_ids) + len(e.labels) for e in job.data.train], train.global_batch_size, study.seed)
 
     restored = reporter.restored_checkpoint()
-    saved = _read_trainer_state(restored, job, reporter.world_size) if restored else None
+    saved = read_trainer_state(restored, job.data.token_digest, reporter.world_size) if restored else None
     model = load_model(restored / "model") if restored else build_model(study.model.name, job.tokenizer, study.seed)
     model.to(reporter.device)
     trained = DistributedDataParallel(model, device_ids=_device_ids(reporter)) if reporter.world_size > 1 else model
@@ -122,13 +120,13 @@ def _train(job: WorkerJob, reporter: Reporter, tracker) -> dict[str, float]:
     if saved:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"][reporter.rank])
+        set_rng_state(saved["rng"][reporter.rank])
     else:
-        _seed_everything(study.seed + reporter.rank)  # per-rank dropout masks, reproducible
+        seed_everything(study.seed + reporter.rank)  # per-rank dropout masks, reproducible
     start = saved["step"] if saved else 0
 
-    if tracker:
-        _log_run_start(tracker, job, reporter, accumulation, steps, model, dtype)
+    if reporter.tracked:
+        _log_run_start(job, reporter, accumulation, steps, model, dtype)
     if start >= steps:  # the run had already finished: report its final figures again, train nothing
         metrics = saved["metrics"]
         reporter.report({"step": start, **metrics})
@@ -162,13 +160,12 @@ def _train(job: WorkerJob, reporter: Reporter, tracker) -> dict[str, float]:
         evaluate = done == steps or (train.eval_every_steps is not None and done % train.eval_every_steps == 0)
         if evaluate or done % train.log_every_steps == 0:
             training = window.close(reporter, scheduler.get_last_lr()[0])
-            if tracker:
-                tracker.log_metrics(training, step=done)
+            reporter.log_metrics(training, step=done)
         if evaluate:
             # loop_s: this attempt's seconds in the loop so far (the sweep derives orchestration overhead from it)
             training = {**training, "loop_s": time.perf_counter() - loop_started}
             metrics = _evaluate_and_checkpoint(
-                job, reporter, model, optimizer, scheduler, done, dtype, tracker, training, final=done == steps
+                job, reporter, model, optimizer, scheduler, done, dtype, training, final=done == steps
             )
             window.restart()
     return metrics
@@ -218,7 +215,7 @@ class _Window:
 # --- evaluation and checkpoints ----------------------------------------------------------------
 
 
-def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, dtype, tracker, training, final):
+def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, dtype, training, final):
     """Evaluate on every rank; on rank 0 score, checkpoint and return training + evaluation figures.
 
     Every rank reports (a barrier); only rank 0 passes the checkpoint and the figures.
@@ -233,20 +230,20 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
         rank=reporter.rank,
         world_size=reporter.world_size,
     )
-    rng_states = _gather_rng_states(reporter)
+    rng_states = gather_rng_states(reporter.world_size)
     if reporter.rank != 0:
         reporter.report({"step": step})
         return {}
     scored = score_predictions(predictions)
     evaluation = aggregate(scored)
-    if tracker and final:
-        from itstudy.tracking import log_predictions
-
-        log_predictions(tracker, scored, step=step)
-    elif tracker:
-        tracker.log_metrics(evaluation, step=step)
+    if final:
+        reporter.log_predictions(scored, evaluation, step=step)
+    else:
+        reporter.log_metrics(evaluation, step=step)
     metrics = {**training, **evaluation}
-    checkpoint = _write_checkpoint(job, model, optimizer, scheduler, step, rng_states, metrics)
+    checkpoint = write_checkpoint(
+        job.study, job.data.token_digest, job.tokenizer, model, optimizer, scheduler, step, rng_states, metrics
+    )
     try:
         reporter.report({"step": step, **metrics}, checkpoint_dir=checkpoint)
     finally:
@@ -254,94 +251,14 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
     return metrics
 
 
-def _write_checkpoint(job, model, optimizer, scheduler, step, rng_states, metrics) -> Path:
-    """A self-describing folder: model and tokenizer (save_pretrained), trainer state, config, metrics."""
-    folder = Path(tempfile.mkdtemp(prefix=f"itstudy-checkpoint-{step}-"))
-    model.save_pretrained(folder / "model")
-    job.tokenizer.save_pretrained(folder / "tokenizer")
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_states,
-        "world_size": len(rng_states),
-        "token_digest": job.data.token_digest,
-        "config_digest": config_digest(job.study),
-        "metrics": metrics,
-    }
-    torch.save(state, folder / TRAINER_STATE)
-    (folder / "config.yaml").write_text(yaml.safe_dump(to_plain(job.study), sort_keys=False))
-    (folder / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
-    return folder
-
-
-def _read_trainer_state(folder: Path, job: WorkerJob, world_size: int) -> dict:
-    """The saved trainer state, refused if it belongs to other data or another world size."""
-    state = torch.load(folder / TRAINER_STATE, weights_only=False)
-    if state["token_digest"] != job.data.token_digest:
-        raise ConfigError(
-            f"checkpoint {folder}: written for other token ids (digest {state['token_digest']}, this run "
-            f"{job.data.token_digest}): data, variant or tokenizer changed; start a new run instead"
-        )
-    if state["world_size"] != world_size:
-        raise ConfigError(
-            f"checkpoint {folder}: written by {state['world_size']} workers, this run has {world_size}; "
-            f"resuming would change the data split and the result; use resources.workers_per_trial={state['world_size']}"
-        )
-    return state
-
-
-# --- random state ------------------------------------------------------------------------------
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
-
-
-def _rng_state() -> dict:
-    return {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gather_rng_states(reporter: Reporter) -> list[dict]:
-    """Every rank's RNG state, indexed by rank (rank 0 saves them all)."""
-    if reporter.world_size == 1:
-        return [_rng_state()]
-    states: list[dict] = [{} for _ in range(reporter.world_size)]
-    dist.all_gather_object(states, _rng_state())
-    return states
-
-
 # --- tracking ----------------------------------------------------------------------------------
 
 
-def _open_tracker(job: WorkerJob, reporter: Reporter):
-    """Rank 0's RunLogger for the driver's run, checked at worker start; None without a run id."""
-    if reporter.rank != 0 or not job.run_id:
-        return None
-    from itstudy.tracking import RunLogger, check_tracking
-
-    check_tracking(job.tracking_uri)
-    return RunLogger(job.tracking_uri, job.run_id)
-
-
-def _log_run_start(tracker, job, reporter, accumulation, steps, model, dtype) -> None:
+def _log_run_start(job: WorkerJob, reporter: Reporter, accumulation: int, steps: int, model, dtype) -> None:
     """Config, environment, run shape and data lineage; params already logged are skipped on resume."""
     study, data = job.study, job.data
-    tracker.log_config(study)
-    tracker.log_environment()
-    tracker.log_params(
+    reporter.log_study(study)
+    reporter.log_params(
         {
             "run": {
                 "world_size": reporter.world_size,
@@ -359,12 +276,12 @@ def _log_run_start(tracker, job, reporter, accumulation, steps, model, dtype) ->
         }
     )
     name = f"{study.name}-{study.data.source}"
-    tracker.log_dataset(data.digest, data.source, name=name, n_instances=len(data.train), context="training")
-    tracker.log_dataset(data.digest, data.source, name=name, n_instances=len(data.test), context="evaluation")
-    tracker.log_text("\n\n----------\n\n".join(data.sample_prompts) + "\n", "prompts.txt")
+    reporter.log_dataset(data.digest, data.source, name=name, n_instances=len(data.train), context="training")
+    reporter.log_dataset(data.digest, data.source, name=name, n_instances=len(data.test), context="evaluation")
+    reporter.log_prompts(data.sample_prompts)
     if data.notes:
-        tracker.log_text("\n".join(data.notes) + "\n", "data_notes.txt")
-    tracker.flush()
+        reporter.log_text("\n".join(data.notes) + "\n", "data_notes.txt")
+    reporter.flush()
 
 
 # --- without Ray: one process, or torchrun -----------------------------------------------------

@@ -1,7 +1,7 @@
-"""How the training loop talks to whatever drives it: where it runs, where to report, what to resume.
+"""How the training loop talks to whatever drives it: where it runs, where to report and log, what to resume.
 
-The loop (`itstudy.training.loop.run_worker`) only sees the `Reporter` protocol, so one loop runs
-under three drivers:
+The loop (`itstudy.training.loop.run_worker`) only sees a `Reporter`, so one loop runs under
+three drivers:
 
 - `PlainReporter`: no Ray at all: one process, or one per GPU under torchrun (rank and world size
   from torch.distributed). Checkpoints go into a folder, the newest `keep` are kept, and the
@@ -12,22 +12,33 @@ under three drivers:
   (`ray.tune.report`, `ray.tune.get_checkpoint`); Ray Train's calls raise there.
 
 Reporting is a barrier under every driver: every rank calls `report` at the same points, and
-only rank 0 passes a checkpoint folder. Ray is imported only inside the Ray reporters.
+only rank 0 passes a checkpoint folder. Tracking is the reporter's too: inside `tracking(uri,
+run_id)` rank 0 holds a `RunLogger` for the MLflow run the driver created, and the `log_*`
+methods write through it; on other ranks and without a run they do nothing. Ray is imported only
+inside the Ray reporters, MLflow only when a run is tracked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
+from itstudy.metrics import ScoredPrediction, task_rows
 
-class Reporter(Protocol):
-    """What the training loop needs from its driver."""
+if TYPE_CHECKING:
+    from itstudy.config import Study
+    from itstudy.tracking import RunLogger
+
+
+class Reporter:
+    """What the training loop needs from its driver; subclasses set where this worker runs."""
 
     rank: int
     """This worker's rank; rank 0 writes checkpoints and logs to MLflow."""
@@ -35,19 +46,82 @@ class Reporter(Protocol):
     """Data-parallel workers in the run."""
     device: torch.device
     """Where this worker computes."""
+    logger: RunLogger | None = None
+    """Rank 0's logger while `tracking` is open for a run; None otherwise."""
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
         """Hand over metrics (and, from rank 0, a finished checkpoint folder); a barrier over ranks."""
+        raise NotImplementedError
 
     def restored_checkpoint(self) -> Path | None:
         """A local folder holding the checkpoint to resume from, or None for a fresh start."""
+        raise NotImplementedError
+
+    # --- tracking: rank 0 logs into the driver's run ---------------------------------------------
+
+    @contextlib.contextmanager
+    def tracking(self, uri: str | None, run_id: str | None) -> Iterator[None]:
+        """Rank 0 logs into MLflow run `run_id` while the block runs (checked first, flushed at the end,
+        also on failure); the driver, which created the run, ends it."""
+        if self.rank != 0 or not run_id:
+            yield
+            return
+        from itstudy.tracking import RunLogger, check_tracking
+
+        check_tracking(uri)
+        self.logger = RunLogger(uri, run_id)
+        try:
+            yield
+        finally:
+            self.logger.flush()  # a failing worker's buffered metrics are kept too
+            self.logger = None
+
+    @property
+    def tracked(self) -> bool:
+        """Whether this worker logs (rank 0 of a tracked run)."""
+        return self.logger is not None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.logger:
+            self.logger.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.logger:
+            self.logger.log_metrics(metrics, step=step)
+
+    def log_study(self, study: Study) -> None:
+        """The config (config.yaml, params, digest tag) and this process's environment."""
+        if self.logger:
+            self.logger.log_config(study)
+            self.logger.log_environment()
+
+    def log_dataset(self, digest: str, source: str, name: str, n_instances: int, context: str) -> None:
+        if self.logger:
+            self.logger.log_dataset(digest, source, name=name, n_instances=n_instances, context=context)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.logger:
+            self.logger.log_text(text, artifact_file)
+
+    def log_prompts(self, prompts: Iterable[str]) -> None:
+        if self.logger:
+            self.logger.log_prompts(prompts)
+
+    def log_predictions(self, scored: Sequence[ScoredPrediction], metrics: Mapping[str, float], step: int) -> None:
+        """predictions.jsonl, task_metrics.csv and the evaluation `metrics` (computed from `scored`)."""
+        if self.logger:
+            self.logger.log_predictions([item.record() for item in scored], task_rows(scored), metrics, step=step)
+
+    def flush(self) -> None:
+        if self.logger:
+            self.logger.flush()
 
 
 def _cuda_device(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-class PlainReporter:
+class PlainReporter(Reporter):
     """No Ray: checkpoints in `checkpoint_root`, the newest `keep` kept; reports kept in `history`.
 
     Under torchrun (WORLD_SIZE > 1) it joins the process group (NCCL on GPU, gloo on CPU).
@@ -86,7 +160,7 @@ class PlainReporter:
         return found[-1] if found else None
 
 
-class RayTrainReporter:
+class RayTrainReporter(Reporter):
     """Inside a Ray Train worker: `ray.train.report` persists rank 0's checkpoint to the run's storage."""
 
     def __init__(self):
@@ -110,7 +184,7 @@ class RayTrainReporter:
         return _local_path(ray.train.get_checkpoint())
 
 
-class TuneReporter:
+class TuneReporter(Reporter):
     """Inside a Ray Tune function trainable (one worker): `ray.tune.report` and `ray.tune.get_checkpoint`."""
 
     def __init__(self):

@@ -8,14 +8,16 @@ The driver does, in this order, and refuses bad settings before any Ray resource
    named shape, a folder, or a hub id reachable offline), a tokenizer that fits the model; then
    the tracking store must answer (`check_tracking`);
 2. `prepare_job`: data -> variant -> prompts -> token ids, once (`itstudy.training.prepare`);
-3. MLflow: the experiment, and one run created here whose id every worker receives (rank 0 logs
-   into it; workers never create runs). Rerunning the same config reuses the run and resumes;
+3. MLflow: the experiment, and one run found by the config's run name or created here, tagged
+   as a trial at an empty grid point (`itstudy.sweep.trials.Trial.tags`); every worker receives
+   its id (rank 0 logs into it through its reporter; workers never create runs). Rerunning the
+   same config reopens that run and resumes;
 4. `build_trainer`: a `TorchTrainer` with `workers_per_trial` workers (DDP; gloo on CPU, NCCL on
    GPU), `FailureConfig(max_failures)` restarting from the last checkpoint, `num_to_keep`
    checkpoints, and the tracking environment in the workers' runtime env. Its run name derives
    from the config, so running the same command again resumes (Ray reuses name + storage path);
 5. after `fit`, the run is ended FINISHED with a tag pointing at the final checkpoint (the model
-   saved with `save_pretrained`), or FAILED with error.txt.
+   saved with `save_pretrained`), or FAILED with error.txt (`RunLogger` as a context manager).
 
 For Ray Tune (`itstudy.sweep`): a single-worker trial calls `run_worker(prepare_job(...),
 TuneReporter())` inside its function trainable; a multi-worker trial calls `build_trainer(job,
@@ -25,34 +27,31 @@ run_name=..., storage_path=..., callbacks=[TuneReportCallback()])` and `fit()` i
 from __future__ import annotations
 
 import os
-import traceback
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import ray
 import ray.train
 import transformers
 from ray.train.torch import TorchTrainer
 
-from itstudy.config import ConfigError, Study, apply_debug, config_digest, gradient_accumulation, itstudy_home
+from itstudy import paths
+from itstudy.config import ConfigError, Study, apply_debug, config_digest, gradient_accumulation
 from itstudy.tracking import (
     RunLogger,
     check_tracking,
-    create_run,
     ensure_experiment,
     experiment_name,
-    find_runs,
+    get_or_create_run,
+    reopen_run,
     resolve_tracking_uri,
-    tracking_env,
+    worker_env,
 )
+from itstudy.sweep.trials import make_trial
 from itstudy.training.engine import batches_per_epoch
 from itstudy.training.loop import WorkerJob, run_worker
 from itstudy.training.models import ModelSpecError, check_model_available, is_named_shape
 from itstudy.training.prepare import prepare_run
 from itstudy.training.reporter import RayTrainReporter
-
-# Passed to every worker when the driver has them: where data, tokenizer and outputs live, offline mode.
-WORKER_ENV_VARIABLES = ("ITSTUDY_HOME", "ITSTUDY_CACHE", "ITSTUDY_SUPERNI_DIR", "ITSTUDY_T5_TOKENIZER", "HF_HUB_OFFLINE")
 
 
 @dataclass(frozen=True)
@@ -102,19 +101,6 @@ def run_name(study: Study) -> str:
     return f"{study.name}-train-{config_digest(study)}"
 
 
-def storage_path(study: Study) -> str:
-    """tracking.storage_path, else $ITSTUDY_HOME/ray_results, absolute (Ray refuses relative paths)."""
-    path = Path(study.tracking.storage_path) if study.tracking.storage_path else itstudy_home() / "ray_results"
-    return str(path.expanduser().resolve())
-
-
-def worker_env(tracking_uri: str | None) -> dict[str, str]:
-    """Environment variables for the workers: tracking (URI, credentials, commit) and itstudy's own."""
-    env = tracking_env(tracking_uri) if tracking_uri else {}
-    env.update({name: os.environ[name] for name in WORKER_ENV_VARIABLES if name in os.environ})
-    return env
-
-
 # --- Ray Train -----------------------------------------------------------------------------------
 
 
@@ -160,24 +146,16 @@ def init_ray() -> None:
 
 
 def _mlflow_run(uri: str, study: Study, name: str) -> str:
-    """The run of an earlier attempt with this config (resume), else a new one."""
+    """The run of an earlier attempt with this config (reopened to resume), else a new one."""
     experiment_id = ensure_experiment(uri, experiment_name(study))
-    earlier = find_runs(uri, experiment_id, {"itstudy.trial_key": name, "itstudy.kind": "train"})
-    if earlier:
-        return earlier[0].info.run_id
-    tags = {
-        "itstudy.kind": "train",
-        "itstudy.study": study.name,
-        "itstudy.trial_key": name,
-        "itstudy.variant": study.variant.name,
-        "itstudy.definition": study.variant.definition,
-        "itstudy.examples": study.variant.examples,
-        "itstudy.instances_per_task": study.data.instances_per_task,
-        "itstudy.seed": study.seed,
-        "itstudy.model": study.model.name,
-        "itstudy.config_digest": config_digest(study),
-    }
-    return create_run(uri, experiment_id, name, tags)
+    identity = {"itstudy.trial_key": name, "itstudy.kind": "train"}
+    # A trial at an empty grid point, keyed and digested by the study's own config (grid included).
+    trial_tags = make_trial(study, {}).tags()
+    tags = {**trial_tags, "itstudy.study": study.name, "itstudy.config_digest": config_digest(study), **identity}
+    found = get_or_create_run(uri, experiment_id, name, identity, tags)
+    if not found.created:
+        reopen_run(uri, found.run_id)
+    return found.run_id
 
 
 def run_training(study: Study) -> TrainingResult:
@@ -189,18 +167,12 @@ def run_training(study: Study) -> TrainingResult:
     name = run_name(study)
     run_id = _mlflow_run(uri, study, name)
     job = replace(job, run_id=run_id)
-    logger = RunLogger(uri, run_id)
     init_ray()
-    trainer = build_trainer(job, run_name=name, storage_path=storage_path(study))
-    try:
-        result = trainer.fit()
-    except BaseException as error:
-        logger.log_error("".join(traceback.format_exception(error)))
-        logger.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
-    checkpoint = result.checkpoint.path if result.checkpoint else None
-    logger.set_tags({"itstudy.checkpoint": checkpoint, "itstudy.ray_run": f"{storage_path(study)}/{name}"})
-    logger.end("FINISHED")
+    with RunLogger(uri, run_id) as logger:
+        storage = paths.storage_path(study.tracking.storage_path)
+        result = build_trainer(job, run_name=name, storage_path=storage).fit()
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+        logger.set_tags({"itstudy.checkpoint": checkpoint, "itstudy.ray_run": f"{storage}/{name}"})
     return TrainingResult(metrics=dict(result.metrics), run_id=run_id, checkpoint=checkpoint, run_name=name)
 
 

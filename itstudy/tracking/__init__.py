@@ -1,0 +1,67 @@
+"""The only door to MLflow: one tracking URI, explicit runs, a logger that never breaks training.
+
+- `store`: which store a study uses (config, else $MLFLOW_TRACKING_URI, else an SQLite file under
+  `itstudy_home()`), the loud `check_tracking`, experiments, what Ray workers need to reach it;
+- `runs`: runs created explicitly by id and found again by identity (`get_or_create_run`);
+- `logger`: `RunLogger`, which writes one run and maps how a block ended to the run's status;
+- `read`: a study read back for reports (runs as a DataFrame, artifacts, dataset digests).
+
+    uri = resolve_tracking_uri(study.tracking); check_tracking(uri)
+    experiment_id = ensure_experiment(uri, experiment_name(study))
+    run = get_or_create_run(uri, experiment_id, "trial-...", identity={"itstudy.trial_key": "..."}, parent_run_id=parent)
+    with RunLogger(uri, run.run_id) as logger:      # FINISHED on exit; FAILED with error.txt on an exception
+        logger.log_config(study)
+        logger.log_metrics({"train_loss": 2.3}, step=10)
+"""
+
+from itstudy.tracking.logger import RunLogger
+from itstudy.tracking.read import download_artifact, experiment_id_of, list_artifacts, load_runs, run_dataset_digests
+from itstudy.tracking.runs import (
+    TERMINAL_STATUSES,
+    FoundRun,
+    create_run,
+    find_run_by_name,
+    find_runs,
+    get_or_create_run,
+    get_run,
+    reopen_run,
+)
+from itstudy.tracking.store import (
+    StudyStore,
+    TrackingError,
+    artifact_root,
+    check_tracking,
+    ensure_experiment,
+    experiment_name,
+    resolve_tracking_uri,
+    study_store,
+    tracking_env,
+    worker_env,
+)
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "FoundRun",
+    "RunLogger",
+    "StudyStore",
+    "TrackingError",
+    "artifact_root",
+    "check_tracking",
+    "create_run",
+    "download_artifact",
+    "ensure_experiment",
+    "experiment_id_of",
+    "experiment_name",
+    "find_run_by_name",
+    "find_runs",
+    "get_or_create_run",
+    "get_run",
+    "list_artifacts",
+    "load_runs",
+    "reopen_run",
+    "resolve_tracking_uri",
+    "run_dataset_digests",
+    "study_store",
+    "tracking_env",
+    "worker_env",
+]

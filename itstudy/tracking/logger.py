@@ -1,0 +1,264 @@
+"""`RunLogger`: writes one existing run, and never breaks the work it records.
+
+Params once (flattened, truncated), metrics in batches, artifacts and dataset lineage, the final
+status. A failing write is retried, then reported as a warning: tracking never raises into
+training (mlflow#5269). Used as a context manager it is the one place that turns how a block
+ended into the run's status: FINISHED, or FAILED (KILLED on Ctrl-C) with the traceback in error.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+from itstudy.config import Study, config_digest, to_plain
+from itstudy.provenance import environment_info
+from itstudy.tracking.runs import STATUS_TAG, TERMINAL_STATUSES, tag_value
+
+log = logging.getLogger(__name__)
+
+# Error codes with which a store refuses a request for good (anything else may be transient).
+REFUSALS = (
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+)
+# MLflow refuses longer dataset digests; the full digest goes into the dataset's source.
+MAX_DATASET_DIGEST_LENGTH = 36
+PROMPT_SEPARATOR = "\n\n----------\n\n"
+
+
+class RunLogger:
+    """Writes one existing run: params once, batched metrics, artifacts, lineage, final status.
+
+    Every write is retried `attempts` times with exponential backoff (SQLite answers "database is
+    locked" under concurrent writers; servers restart), then given up with a warning: logging never
+    raises into training. Metrics that could not be sent stay buffered and go with the next flush.
+    One logger per run and per thread; only rank 0 of a training run should hold one.
+
+        with RunLogger(uri, run_id) as logger:   # FINISHED on exit; FAILED with error.txt on an exception
+            logger.log_config(study)
+            logger.log_metrics({"train_loss": 2.3}, step=10)
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        run_id: str,
+        flush_every: int = 200,
+        flush_interval_s: float = 30.0,
+        attempts: int = 3,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=uri)
+        self.flush_every = flush_every
+        self.flush_interval_s = flush_interval_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.failures = 0
+        """Writes given up after all attempts (tests and reports read it)."""
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._params: dict[str, str] | None = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is None:
+            self.end("FINISHED")
+            return
+        self.log_error("".join(traceback.format_exception(kind, error, tb)))
+        self.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+    def _attempt(self, what: str, call: Callable[[], Any]) -> bool:
+        for attempt in range(self.attempts):
+            try:
+                call()
+                return True
+            except Exception as error:  # tracking must not stop the work; report and retry
+                refused = _refused(error)
+                if refused or attempt + 1 == self.attempts:
+                    self.failures += 1
+                    how = "was refused" if refused else f"failed {self.attempts} times"
+                    log.warning("MLflow %s for run %s %s, giving up: %s", what, self.run_id, how, error)
+                    return False
+                time.sleep(self.backoff_s * 2**attempt)
+        return False
+
+    @property
+    def pending_metrics(self) -> int:
+        """Metric values buffered and not yet sent."""
+        return len(self._pending)
+
+    # --- params and tags -------------------------------------------------------------------------
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log nested params once: keys flattened with dots, values stringified and truncated.
+
+        A param already logged with the same value is skipped (a resumed run logs its config again);
+        a different value is kept as it was, with a warning, because MLflow params are immutable.
+        """
+        if self._params is None:
+            self._params = {}
+            self._attempt("read params", lambda: self._params.update(self.client.get_run(self.run_id).data.params))
+        new = {}
+        for key, value in flatten(params).items():
+            text = _param_text(value)
+            if key not in self._params:
+                new[key] = text
+            elif self._params[key] != text:
+                log.warning(
+                    "param %r of run %s stays %r (MLflow params are immutable); new value %r not logged",
+                    key,
+                    self.run_id,
+                    self._params[key],
+                    text,
+                )
+        items = [Param(key, value) for key, value in new.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            if self._attempt("log params", lambda: self.client.log_batch(self.run_id, params=chunk)):
+                self._params.update((param.key, param.value) for param in chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(key, tag_value(value)) for key, value in tags.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self._attempt("set tags", lambda: self.client.log_batch(self.run_id, tags=chunk))
+
+    def log_config(self, study: Study) -> None:
+        """The full study as `config.yaml`, flattened as params, its digest as a tag."""
+        plain = to_plain(study)
+        self.log_dict_yaml(plain, "config.yaml")
+        self.log_params(plain)
+        self.set_tags({"itstudy.config_digest": config_digest(study)})
+
+    def log_environment(self) -> None:
+        """Versions, git commit, host and platform as `env.*` params."""
+        self.log_params({"env": environment_info()})
+
+    # --- metrics ---------------------------------------------------------------------------------
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
+        """Buffer metrics at `step`; they are sent in batches (every `flush_every` values or interval)."""
+        timestamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            try:
+                self._pending.append(Metric(key, float(value), timestamp, int(step)))
+            except (TypeError, ValueError):
+                log.warning("metric %r=%r is not a number; not logged", key, value)
+        due = time.monotonic() - self._last_flush >= self.flush_interval_s
+        if len(self._pending) >= self.flush_every or due:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send buffered metrics now; what fails stays buffered for the next flush."""
+        self._last_flush = time.monotonic()
+        while self._pending:
+            chunk = self._pending[:MAX_METRICS_PER_BATCH]
+            if not self._attempt("log metrics", lambda: self.client.log_batch(self.run_id, metrics=chunk)):
+                return False
+            del self._pending[: len(chunk)]
+        return True
+
+    # --- artifacts and lineage -------------------------------------------------------------------
+
+    def log_text(self, text: str, artifact_file: str) -> bool:
+        return self._attempt(f"log {artifact_file}", lambda: self.client.log_text(self.run_id, text, artifact_file))
+
+    def log_dict_yaml(self, obj: Any, artifact_file: str) -> bool:
+        """Write `obj` as YAML in its own key order (MLflow's log_dict sorts keys)."""
+        return self.log_text(yaml.safe_dump(obj, sort_keys=False, allow_unicode=True), artifact_file)
+
+    def log_file(self, path: str | Path, artifact_dir: str | None = None) -> bool:
+        return self._attempt(f"log {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_dir))
+
+    def log_dir(self, path: str | Path, artifact_dir: str | None = None) -> bool:
+        return self._attempt(f"log {path}/", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_dir))
+
+    def log_prompts(self, prompts: Iterable[str]) -> None:
+        """Sample prompts as prompts.txt, so a reader sees what the model was given (nothing if none)."""
+        prompts = list(prompts)
+        if prompts:
+            self.log_text(PROMPT_SEPARATOR.join(prompts) + "\n", "prompts.txt")
+
+    def log_predictions(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        task_metrics: list[Mapping[str, Any]],
+        metrics: Mapping[str, float],
+        step: int = 0,
+    ) -> None:
+        """predictions.jsonl (one record per instance), task_metrics.csv (one row per task) and the
+        aggregate metrics at `step`, sent at once."""
+        self.log_text("".join(json.dumps(record) + "\n" for record in records), "predictions.jsonl")
+        self.log_text(pd.DataFrame(task_metrics).to_csv(index=False) if task_metrics else "", "task_metrics.csv")
+        self.log_metrics(metrics, step=step)
+        self.flush()
+
+    def log_dataset(self, digest: str, source: str, name: str, n_instances: int, context: str = "evaluation") -> None:
+        """Record the data a run used (MLflow dataset lineage): its digest, where it came from, its size."""
+        source_info = CodeDatasetSource({"source": source, "digest": digest, "instances": str(n_instances)})
+        dataset = MetaDataset(source_info, name=name, digest=digest[:MAX_DATASET_DIGEST_LENGTH])
+        entity = Dataset(**dataset.to_dict())
+        inputs = [DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        self._attempt("log dataset", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    def log_error(self, text: str) -> None:
+        self.log_text(text, "error.txt")
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Flush, tag `itstudy.status`, and terminate the run with FINISHED, FAILED or KILLED."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"run status must be one of {TERMINAL_STATUSES}, got {status!r}")
+        if not self.flush():
+            log.warning("%d metric values of run %s could not be sent to MLflow", len(self._pending), self.run_id)
+        self.set_tags({STATUS_TAG: status})
+        self._attempt("end run", lambda: self.client.set_terminated(self.run_id, status))
+
+
+def _refused(error: Exception) -> bool:
+    """The store understood and refused the request: asking again cannot help."""
+    return isinstance(error, MlflowException) and error.error_code in REFUSALS
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'data': {'source': 'x'}} -> {'data.source': 'x'}; an empty mapping stays one entry."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_text(value: Any) -> str:
+    # Lists read better as JSON (["a", "b"]) than as Python reprs; MLflow refuses longer values.
+    text = json.dumps(value, default=str) if isinstance(value, (list, tuple, Mapping)) else str(value)
+    return text[:MAX_PARAM_VAL_LENGTH]
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    return (items[start : start + size] for start in range(0, len(items), size))

@@ -1,0 +1,208 @@
+"""Which MLflow store a study uses, whether it can be used, its experiments, and what Ray workers need to reach it.
+
+The URI of a study is tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else an SQLite file under
+`itstudy_home()`. Refused: `file:` stores and bare paths (each Ray worker would resolve its own
+./mlruns) and relative SQLite paths (each worker would open a different file). `check_tracking`
+is the one place where a tracking problem may stop the work, at driver and worker start, instead
+of a worker silently writing to ./mlruns (ray#36257).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from itstudy.config import ConfigError, Study, TrackingConfig, config_digest, load_study
+from itstudy.paths import GIT_COMMIT_ENV, GIT_DIRTY_ENV, WORKER_ENV_VARIABLES, itstudy_home
+from itstudy.provenance import git_state
+
+# MLflow's HTTP client retries 7 times with backoff 2 by default (about 4 minutes per call, sized for
+# rate-limited hosted services); a training worker would stall that long on every flush against a
+# dead server. Workers get a short budget instead; RunLogger buffers what still fails.
+WORKER_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# Variables that carry credentials or TLS settings for a tracking server; forwarded when the driver has them.
+FORWARDED_MLFLOW_VARIABLES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+)
+
+
+class TrackingError(ConfigError):
+    """The tracking store cannot be used; the message names the URI, the reason and the fix."""
+
+
+# --- where results go --------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(tracking: TrackingConfig) -> str:
+    """tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///<itstudy_home()>/mlflow.db.
+
+    A relative SQLite path is made absolute against this process's working directory, so the
+    URI pushed to Ray workers names the same file the driver uses.
+    """
+    if tracking.tracking_uri:
+        uri, origin = tracking.tracking_uri, "tracking.tracking_uri"
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri, origin = os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI"
+    else:
+        home = itstudy_home()
+        home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{home / 'mlflow.db'}"
+    _refuse_file_store(uri, origin)
+    if _is_sqlite(uri) and not _sqlite_path(uri).is_absolute():
+        uri = f"sqlite:///{_sqlite_path(uri).resolve()}"
+    return uri
+
+
+@dataclass(frozen=True)
+class StudyStore:
+    """Where a study's runs are: tracking URI and experiment, and the config digest when a file was given."""
+
+    tracking_uri: str
+    experiment: str
+    config_digest: str | None
+    """The experiment file's config digest (selects its sweep); None for a bare study name."""
+
+
+def study_store(study_or_experiment: str | None, tracking_uri: str | None = None) -> StudyStore:
+    """An experiment file (`*.yaml`, `*.yml` or an existing file) or a study name -> its store.
+
+    The URI is `tracking_uri` if given, else the file's tracking settings, else
+    $MLFLOW_TRACKING_URI, else the SQLite store under $ITSTUDY_HOME (`resolve_tracking_uri`).
+    """
+    override = TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None
+    target = study_or_experiment or ""
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        study = load_study(target)
+        uri = resolve_tracking_uri(override or study.tracking)
+        return StudyStore(uri, experiment_name(study), config_digest(study))
+    return StudyStore(resolve_tracking_uri(override or TrackingConfig()), target, None)
+
+
+def _is_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+def _sqlite_path(uri: str) -> Path:
+    # sqlite:////abs/mlflow.db -> /abs/mlflow.db ; sqlite:///rel.db -> rel.db
+    return Path(uri[len("sqlite:///") :])
+
+
+def _refuse_file_store(uri: str, origin: str) -> None:
+    if urlparse(uri).scheme in ("", "file") and uri != "databricks":
+        raise TrackingError(
+            f"{origin}={uri!r}: file stores are refused (every Ray worker would write its own ./mlruns); "
+            f"use sqlite:////ABSOLUTE/PATH/mlflow.db or http://HOST:PORT of an `mlflow server`"
+        )
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside an SQLite file, else the server's default."""
+    if _is_sqlite(uri):
+        return (_sqlite_path(uri).parent / "artifacts").as_uri()
+    return None
+
+
+# --- can it be used ----------------------------------------------------------------------------
+
+
+def check_tracking(uri: str) -> None:
+    """Raise TrackingError unless `uri` names a store this process can read and write.
+
+    Called at driver and worker start, before any resource is spent.
+    """
+    _refuse_file_store(uri, "tracking URI")
+    if _is_sqlite(uri):
+        path = _sqlite_path(uri)
+        if not path.is_absolute():
+            raise TrackingError(
+                f"tracking URI {uri!r}: a relative SQLite path names a different file in each Ray worker's "
+                f"working directory; use sqlite:////ABSOLUTE/PATH/mlflow.db"
+            )
+        if not path.parent.is_dir():
+            raise TrackingError(
+                f"tracking URI {uri!r}: folder {path.parent} does not exist on {socket.gethostname()}; "
+                f"an SQLite store is only reachable on the machine that holds it, use an `mlflow server` "
+                f"for multi-node clusters"
+            )
+    elif uri.startswith(("http://", "https://")):
+        _probe_server(uri)
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as error:  # any failure here means the store is unusable; say which and why
+        raise TrackingError(f"tracking URI {uri!r}: the store does not answer MLflow requests: {error}") from None
+
+
+def _probe_server(uri: str) -> None:
+    # A direct request with a short timeout: MLflow's own client would retry for minutes first.
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
+    except requests.RequestException as error:
+        raise TrackingError(
+            f"tracking URI {uri!r}: no MLflow server answers ({type(error).__name__}); "
+            f"start one with `mlflow server --host ... --port ...` or fix tracking.tracking_uri"
+        ) from None
+    if response.status_code != 200:
+        raise TrackingError(
+            f"tracking URI {uri!r}: GET /health answered HTTP {response.status_code}; "
+            f"is this an MLflow server, and does it allow this host (--allowed-hosts)?"
+        )
+
+
+# --- Ray workers -------------------------------------------------------------------------------
+
+
+def tracking_env(uri: str) -> dict[str, str]:
+    """Environment variables for Ray workers' runtime_env: the URI, credentials, commit, HTTP budget."""
+    env = {"MLFLOW_TRACKING_URI": uri, **WORKER_HTTP_SETTINGS}
+    env.update({name: os.environ[name] for name in FORWARDED_MLFLOW_VARIABLES if name in os.environ})
+    # Workers may run from a working_dir copy without .git: they read the driver's commit from here.
+    env[GIT_COMMIT_ENV], env[GIT_DIRTY_ENV] = git_state()
+    return env
+
+
+def worker_env(tracking_uri: str | None) -> dict[str, str]:
+    """Environment variables for Ray workers: tracking (URI, credentials, commit) and itstudy's own."""
+    env = tracking_env(tracking_uri) if tracking_uri else {}
+    env.update({name: os.environ[name] for name in WORKER_ENV_VARIABLES if name in os.environ})
+    return env
+
+
+# --- experiments -------------------------------------------------------------------------------
+
+
+def experiment_name(study: Study) -> str:
+    """tracking.experiment, else the study name."""
+    return study.tracking.experiment or study.name
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment `name`, created with an absolute artifact root if missing.
+
+    Safe when several processes race to create it: the loser re-reads the winner's experiment.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root(uri))
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} at {uri} is deleted; restore it "
+            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or set tracking.experiment"
+        )
+    return experiment.experiment_id

@@ -1,0 +1,94 @@
+"""What a checkpoint holds and how a run resumes from it: model, tokenizer, trainer state, every rank's RNG.
+
+A checkpoint folder describes itself: the model and tokenizer (`save_pretrained`), the trainer
+state (step, optimiser, schedule, each rank's RNG states, world size, token and config digests),
+the config as YAML and the metrics as JSON. A checkpoint written for other token ids or another
+world size is refused on resume, since continuing it would silently change the result.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from itstudy.config import ConfigError, Study, config_digest, to_plain
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+def write_checkpoint(
+    study: Study, token_digest: str, tokenizer: Any, model, optimizer, scheduler, step: int, rng_states: list[dict], metrics: dict
+) -> Path:
+    """A new temporary folder holding the checkpoint at `step`; the reporter moves or copies it."""
+    folder = Path(tempfile.mkdtemp(prefix=f"itstudy-checkpoint-{step}-"))
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states,
+        "world_size": len(rng_states),
+        "token_digest": token_digest,
+        "config_digest": config_digest(study),
+        "metrics": metrics,
+    }
+    torch.save(state, folder / TRAINER_STATE)
+    (folder / "config.yaml").write_text(yaml.safe_dump(to_plain(study), sort_keys=False))
+    (folder / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
+    return folder
+
+
+def read_trainer_state(folder: Path, token_digest: str, world_size: int) -> dict:
+    """The saved trainer state, refused if it belongs to other data or another world size."""
+    state = torch.load(folder / TRAINER_STATE, weights_only=False)
+    if state["token_digest"] != token_digest:
+        raise ConfigError(
+            f"checkpoint {folder}: written for other token ids (digest {state['token_digest']}, this run "
+            f"{token_digest}): data, variant or tokenizer changed; start a new run instead"
+        )
+    if state["world_size"] != world_size:
+        raise ConfigError(
+            f"checkpoint {folder}: written by {state['world_size']} workers, this run has {world_size}; "
+            f"resuming would change the data split and the result; use resources.workers_per_trial={state['world_size']}"
+        )
+    return state
+
+
+# --- random state ------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def _rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(world_size: int) -> list[dict]:
+    """Every rank's RNG state, indexed by rank (rank 0 saves them all); a collective over ranks."""
+    if world_size == 1:
+        return [_rng_state()]
+    states: list[dict] = [{} for _ in range(world_size)]
+    dist.all_gather_object(states, _rng_state())
+    return states
