@@ -2,13 +2,13 @@
 
     itstudy run      experiments/demo.yaml [KEY=VALUE ...]   a whole study: trials x baselines, in MLflow
     itstudy train    experiments/train_tiny.yaml [KEY=VALUE ...]   one training run on Ray Train
-    itstudy baseline random majority --experiment FILE [--seeds 1 2 3] [KEY=VALUE ...]
+    itstudy baseline random majority --experiment FILE [--seeds 1 2 3] [--set KEY=VALUE ...]
     itstudy bench    train --shape t5-small ...
     itstudy report   experiments/demo.yaml | STUDY_NAME
     itstudy ui       experiments/demo.yaml | STUDY_NAME
 
-Imports happen inside each command so that `itstudy --help` and config errors are instant,
-and a bad spec is refused before Ray or MLflow start.
+Each command loads its study before importing what it runs (Ray, MLflow, torch), so that
+`itstudy --help` and config errors are instant and a bad spec is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -16,28 +16,32 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
-from itstudy.config import load_study
+from itstudy.config import ModelFreeBaselineName, load_study
 from itstudy.errors import UserError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    study = load_study(args.experiment, args.overrides)
     from itstudy.sweep import run_sweep
 
-    result = run_sweep(load_study(args.experiment, args.overrides), experiment_file=Path(args.experiment))
+    result = run_sweep(study, experiment_file=Path(args.experiment))
     return 1 if result.failed else 0
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    study = load_study(args.experiment, args.overrides)
     from itstudy.training.runner import train_command
 
-    train_command(load_study(args.experiment, args.overrides))
+    train_command(study)
 
 
 def cmd_baseline(args: argparse.Namespace) -> None:
+    study = load_study(args.experiment, args.overrides)
     from itstudy.baseline_run import baseline_command
 
-    baseline_command(load_study(args.experiment, args.overrides), names=args.names, seeds=args.seeds)
+    baseline_command(study, names=args.names, seeds=args.seeds)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     baseline = commands.add_parser("baseline", help="run model-free baselines on the test tasks")
-    baseline.add_argument("names", nargs="+", choices=["random", "majority", "majority_oracle", "copy_demo"])
+    baseline.add_argument("names", nargs="+", choices=get_args(ModelFreeBaselineName))
     baseline.add_argument("--experiment", "-e", help="experiment YAML file (default: built-in defaults)")
     baseline.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default: 1 2 3)")
     baseline.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help=overrides_help)

@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from itstudy.config import itstudy_home, load_study
+from itstudy.config import load_study
+from itstudy.paths import itstudy_home
 from itstudy.sweep import run_sweep
 from itstudy.sweep.trials import expand_grid, sweep_name
 from itstudy.tracking import download_artifact, experiment_id_of, load_runs

@@ -7,7 +7,7 @@ training instances per task, the seed, any other swept value, and the first eigh
 of the trial's full config digest (so two trials can never share a key).
 
 This module is plain Python (no Ray, no MLflow). It refuses nothing itself: every grid point
-was validated when the study was loaded (`Study._check_grid_keys`).
+was validated when the study was loaded (`itstudy.config.study_from_dict`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, apply_debug, config_digest, with_overrides
+from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, at_grid_point, config_digest
 
 # Axes that every trial key names, whether or not they are swept: what a reader of a run list
 # needs in order to tell trials apart at a glance.
@@ -81,8 +81,7 @@ def grid_points(study: Study) -> list[dict[str, Any]]:
 
 def make_trial(study: Study, point: dict[str, Any]) -> Trial:
     """The trial at `point` (grid values, possibly with sampled search values) of `study`."""
-    resolved = with_overrides(study, point, origin=f"trial {point}")
-    resolved = apply_debug(resolved, keep=point)
+    resolved = at_grid_point(study, point)
     label = "_".join(_named_parts(resolved, point, with_seed=False))
     return Trial(key=trial_key(resolved, point), point=dict(point), study=resolved, label=label)
 

@@ -35,7 +35,7 @@ import transformers
 from ray.train.torch import TorchTrainer
 
 from itstudy import paths
-from itstudy.config import ConfigError, Study, apply_debug, config_digest, gradient_accumulation
+from itstudy.config import ConfigError, Study, config_digest, gradient_accumulation
 from itstudy.tracking import (
     RunLogger,
     check_tracking,
@@ -181,7 +181,7 @@ HEADLINE = ("exact_match", "rougeL", "exact_match_classification", "exact_match_
 
 def train_command(study: Study) -> TrainingResult:
     """`itstudy train`: one run end to end; prints the final metrics and the MLflow run id."""
-    result = run_training(apply_debug(study))
+    result = run_training(study)
     print(f"run {result.run_name} finished")
     for key in HEADLINE:
         if key in result.metrics:

@@ -1,33 +1,28 @@
 """The typed study spec: every knob, its one default and a one-line doc.
 
-An experiment file (`experiments/*.yaml`) is a `Study`. It is validated in full before any
-cluster resource is taken: unknown keys and wrong types are refused with the file and the
-dotted field named. Derived values (gradient accumulation, trial lists) are computed here,
-never configured twice.
-
-    study = load_study("experiments/demo.yaml", overrides=["train.learning_rate=1e-4"])
+An experiment file (`experiments/*.yaml`) is a `Study`. Every section refuses unknown keys,
+silent type coercion and non-finite numbers; `itstudy.config.loading` reads the file and names
+the file and the dotted field when one is refused. Derived values (gradient accumulation) are
+computed here from the knobs, never configured twice.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from itstudy.errors import UserError
 
 # The SuperNI commit that on-demand downloads read; every run logs it.
 SUPERNI_COMMIT = "ae457ac40dafe0cd3dcd1370f0a29da54f33df4a"
 
-# Where runs, checkpoints and the embedded MLflow store live unless configured otherwise.
-DEFAULT_HOME_ENV = "ITSTUDY_HOME"
+ModelFreeBaselineName = Literal["random", "majority", "majority_oracle", "copy_demo"]
+"""Baselines that need no model (`itstudy.baselines` registers one function per name)."""
+BaselineName = Literal[ModelFreeBaselineName, "untuned"]
+"""Every baseline a study can run: the model-free ones and the untuned model beside each trial."""
 
 
 class ConfigError(UserError):
@@ -37,12 +32,30 @@ class ConfigError(UserError):
 class Spec(BaseModel):
     """Base of every config section: unknown keys and silent type coercion are refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True, allow_inf_nan=False)
 
 
 def _lenient_path(value: Any) -> Any:
     # YAML has no path type; accept strings for Path fields even in strict mode.
     return Path(value).expanduser() if isinstance(value, str) else value
+
+
+def _int_is_a_float(value: Any) -> Any:
+    # YAML writes 1 and 1e-4 as int and float; an int is a valid float here.
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _safe_name(value: str) -> str:
+    # These names become folder names and MLflow experiment names.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value) or ".." in value:
+        raise ValueError(
+            "not a safe name: start with a letter or digit, then use only letters, digits, "
+            "'_', '.' and '-' (no '..'); it names folders and the MLflow experiment"
+        )
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class ClassificationRule(Spec):
@@ -123,6 +136,8 @@ class VariantConfig(Spec):
     """The simplified definition; {labels} is the task's label list joined by ', '."""
     num_negative_examples: int = Field(0, ge=0)
     """Negative examples shown (Tk-Instruct: 0)."""
+    apply_to_test: bool = True
+    """Test prompts show the altered instruction too (train and test alike); false: test prompts keep the original instruction."""
 
     @field_validator("simplified_template")
     @classmethod
@@ -130,16 +145,11 @@ class VariantConfig(Spec):
         if value.count("{labels}") != 1 or value.replace("{labels}", "").count("{"):
             raise ValueError("simplified_template must contain '{labels}' exactly once and no other {field}")
         return value
-    apply_to_test: bool = True
-    """Test prompts show the altered instruction too (train and test alike); false: test prompts keep the original instruction."""
 
     @property
     def name(self) -> str:
         """A short stable name used in run names, tags and reports."""
         return f"def-{self.definition}+ex-{self.examples}"
-
-
-MODEL_SHAPES = ("t5-tiny", "t5-small", "t5-base", "t5-large", "t5-xl")
 
 
 class ModelConfig(Spec):
@@ -200,11 +210,24 @@ class TrainConfig(Spec):
     fail_at_step: int | None = Field(None, ge=1)
     """Fault injection for tests: rank 0 raises once at this step (only when no checkpoint has been restored)."""
 
-    @field_validator("learning_rate", "weight_decay", "epochs", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, value: Any) -> Any:
-        # YAML writes 1 and 1e-4 as int and float; an int is a valid float here.
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    _floats = field_validator("learning_rate", "weight_decay", "epochs", mode="before")(_int_is_a_float)
+
+
+def gradient_accumulation(train: TrainConfig, world_size: int) -> int:
+    """Micro-batches per optimiser step on each worker, derived from the global batch.
+
+    global = per_device x world_size x accumulation; a global batch that does not divide is
+    refused rather than silently changed (Tk-Instruct#10: the effective batch moved with the
+    GPU count and results did not reproduce).
+    """
+    per_step = train.per_device_batch_size * world_size
+    if train.global_batch_size % per_step:
+        raise ConfigError(
+            f"train.global_batch_size={train.global_batch_size} is not divisible by "
+            f"per_device_batch_size ({train.per_device_batch_size}) x workers ({world_size}) = {per_step}; "
+            f"choose a multiple of {per_step}"
+        )
+    return train.global_batch_size // per_step
 
 
 class EvalConfig(Spec):
@@ -230,10 +253,7 @@ class ResourcesConfig(Spec):
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Cap on trials in flight; default: what the cluster's resources allow."""
 
-    @field_validator("cpus_per_worker", "gpus_per_worker", mode="before")
-    @classmethod
-    def _int_is_a_float(cls, value: Any) -> Any:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    _floats = field_validator("cpus_per_worker", "gpus_per_worker", mode="before")(_int_is_a_float)
 
 
 class SearchConfig(Spec):
@@ -249,15 +269,12 @@ class SearchConfig(Spec):
     """Whether the metric is maximised or minimised."""
 
 
-BASELINES = ("random", "majority", "majority_oracle", "copy_demo", "untuned")
-
-
 class TrackingConfig(Spec):
     """Where results go."""
 
     tracking_uri: str | None = None
     """MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///$ITSTUDY_HOME/mlflow.db."""
-    experiment: str | None = None
+    experiment: SafeName | None = None
     """MLflow experiment name; default: the study name."""
     storage_path: Path | None = None
     """Absolute folder (or URI) for Ray checkpoints; default: $ITSTUDY_HOME/ray_results."""
@@ -265,10 +282,14 @@ class TrackingConfig(Spec):
     _paths = field_validator("storage_path", mode="before")(_lenient_path)
 
 
+UNSWEPT_KEYS = ("grid", "search", "name")
+"""Study fields that cannot be grid axes: they define the sweep itself."""
+
+
 class Study(Spec):
     """One experiment file: what to train, on what, how, over which grid, with which baselines."""
 
-    name: str = Field("study", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName = "study"
     """Names the MLflow experiment and every run folder."""
     description: str = ""
     """What the study reproduces (shown in reports)."""
@@ -281,178 +302,25 @@ class Study(Spec):
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
-    baselines: list[Literal["random", "majority", "majority_oracle", "copy_demo", "untuned"]] = ["random", "majority"]
+    baselines: list[BaselineName] = ["random", "majority"]
     """Baselines run next to the trials, once per test-task set and seed."""
     grid: dict[str, list[Any]] = {}
     """Dotted key -> values; the sweep runs the product, e.g. {'variant.definition': [original, simplified], 'seed': [1, 2]}."""
     search: SearchConfig | None = None
     """Optional Optuna search over hyperparameters within each grid point."""
     debug: bool = False
-    """Smoke mode: a few steps and instances, for CI."""
+    """Smoke mode for CI: the loader caps steps, tasks, instances and lengths (grid axes keep their values)."""
 
-    @model_validator(mode="after")
-    def _check_grid_keys(self) -> "Study":
-        for key, values in self.grid.items():
+    @field_validator("grid")
+    @classmethod
+    def _check_grid_axes(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        # Each axis value is validated as a whole study when the file is loaded (loading.study_from_dict).
+        for key, values in grid.items():
+            if key in UNSWEPT_KEYS:
+                raise ValueError(f"grid.{key}: this key cannot be swept")
             if not values:
                 raise ValueError(f"grid.{key}: an axis needs at least one value")
-            if key in ("grid", "search", "name"):
-                raise ValueError(f"grid.{key}: this key cannot be swept")
-            for value in values:
-                # Each point must itself be a valid study; checked here so a bad axis fails up front.
-                _apply_override(self.model_dump(), key, value, origin="grid")
-        return self
-
-
-# --- loading, overrides, derived values --------------------------------------------------------
-
-
-def _apply_override(tree: dict, dotted: str, value: Any, origin: str) -> dict:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"{origin}: '{dotted}' does not name a config field ('{part}' is not a section)")
-        node = node[part]
-    if parts[-1] not in node:
-        raise ConfigError(f"{origin}: '{dotted}' does not name a config field")
-    node[parts[-1]] = value
-    return tree
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string; read it as a float."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.learning_rate=1e-4` -> ('train.learning_rate', 0.0001); the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. train.learning_rate=1e-4")
-    return key.strip(), read_yaml(raw) if raw.strip() else None
-
-
-def _format_errors(error: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid study spec"]
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        got = item.get("input")
-        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {where}: {item['msg']}{got_text}")
-    return "\n".join(lines)
-
-
-def study_from_dict(raw: dict, origin: str = "<dict>") -> Study:
-    """Validate a plain dict as a Study; errors name `origin` and the dotted field."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: expected a mapping of config sections at the top level, got {type(raw).__name__}")
-    try:
-        return Study.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_errors(error, origin)) from None
-
-
-def load_study(path: str | Path | None, overrides: list[str] = ()) -> Study:
-    """Read an experiment YAML file (None: the built-in defaults), apply `KEY=VALUE` overrides, validate."""
-    raw = _read_experiment_file(Path(path)) if path is not None else {}
-    full = Study.model_construct().model_dump()  # defaults, so overrides can name any field
-    merged = _deep_merge(full, raw)
-    for text in overrides:
-        key, value = parse_override(text)
-        _apply_override(merged, key, value, origin=f"override '{text}'")
-    return study_from_dict(merged, origin=str(path) if path is not None else "defaults")
-
-
-def _read_experiment_file(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
-    try:
-        raw = read_yaml(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-    return raw
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("grid",):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def with_overrides(study: Study, overrides: dict[str, Any], origin: str = "override") -> Study:
-    """A copy of `study` with dotted-key values replaced, re-validated."""
-    tree = study.model_dump()
-    for key, value in overrides.items():
-        _apply_override(tree, key, value, origin=origin)
-    tree["grid"] = {}
-    return study_from_dict(tree, origin=origin)
-
-
-def apply_debug(study: Study, keep: Iterable[str] = ()) -> Study:
-    """`debug: true` made concrete: a few optimiser steps on a few tasks and instances, short prompts.
-
-    The global batch becomes one micro-batch per worker, so that a handful of training instances
-    still fill it. Keys in `keep` (a sweep's grid values) stay as they are, so every grid point
-    stays a trial. A study without `debug` is returned unchanged.
-    """
-    if not study.debug:
-        return study
-    data, train, evaluation = study.data, study.train, study.eval
-    caps = {
-        "data.max_train_tasks": min(data.max_train_tasks or 8, 8),
-        "data.test_instances_per_task": min(data.test_instances_per_task, 8),
-        "train.max_steps": min(train.max_steps or 5, 5),
-        "train.global_batch_size": train.per_device_batch_size * study.resources.workers_per_trial,
-        "train.max_source_length": min(train.max_source_length, 256),
-        "train.eval_every_steps": None,
-        "eval.max_new_tokens": min(evaluation.max_new_tokens, 16),
-    }
-    return with_overrides(study, {k: v for k, v in caps.items() if k not in set(keep)}, origin="debug")
-
-
-def to_plain(study: Study) -> dict:
-    """The study as JSON-safe plain data (paths as strings), for YAML artifacts and hashing."""
-    return json.loads(study.model_dump_json())
-
-
-def config_digest(study: Study) -> str:
-    """A short stable hash of the full config: same config, same digest, same run names."""
-    return hashlib.sha256(json.dumps(to_plain(study), sort_keys=True).encode()).hexdigest()[:10]
-
-
-def itstudy_home() -> Path:
-    """The folder for the embedded MLflow store and Ray results: $ITSTUDY_HOME or ./itstudy-runs (absolute)."""
-    return Path(os.environ.get(DEFAULT_HOME_ENV, "itstudy-runs")).expanduser().resolve()
-
-
-def gradient_accumulation(train: TrainConfig, world_size: int) -> int:
-    """Micro-batches per optimiser step on each worker, derived from the global batch.
-
-    global = per_device x world_size x accumulation; a global batch that does not divide is
-    refused rather than silently changed (Tk-Instruct#10: the effective batch moved with the
-    GPU count and results did not reproduce).
-    """
-    per_step = train.per_device_batch_size * world_size
-    if train.global_batch_size % per_step:
-        raise ConfigError(
-            f"train.global_batch_size={train.global_batch_size} is not divisible by "
-            f"per_device_batch_size ({train.per_device_batch_size}) x workers ({world_size}) = {per_step}; "
-            f"choose a multiple of {per_step}"
-        )
-    return train.global_batch_size // per_step
+            repeated = [value for index, value in enumerate(values) if value in values[:index]]
+            if repeated:
+                raise ValueError(f"grid.{key}: {repeated[0]!r} is listed twice; each value makes one trial")
+        return grid

@@ -1,0 +1,52 @@
+"""The study config: the typed spec (`spec`), reading it from files and overrides (`loading`),
+and its digest (`digest`). Import from here:
+
+    from itstudy.config import Study, load_study
+    study = load_study("experiments/demo.yaml", ["train.learning_rate=1e-4"])
+"""
+
+from itstudy.config.digest import config_digest, to_plain
+from itstudy.config.loading import at_grid_point, load_study, study_from_dict, with_overrides
+from itstudy.config.spec import (
+    SUPERNI_COMMIT,
+    BaselineName,
+    ClassificationRule,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    ModelFreeBaselineName,
+    ResourcesConfig,
+    SearchConfig,
+    Study,
+    SyntheticConfig,
+    TrackingConfig,
+    TrainConfig,
+    VariantConfig,
+    gradient_accumulation,
+)
+
+__all__ = [
+    "SUPERNI_COMMIT",
+    "BaselineName",
+    "ClassificationRule",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "ModelFreeBaselineName",
+    "ResourcesConfig",
+    "SearchConfig",
+    "Study",
+    "SyntheticConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "VariantConfig",
+    "at_grid_point",
+    "config_digest",
+    "gradient_accumulation",
+    "load_study",
+    "study_from_dict",
+    "to_plain",
+    "with_overrides",
+]
