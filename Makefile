@@ -8,7 +8,7 @@ export ITSTUDY_T5_TOKENIZER ?= $(SHARED)/t5-tokenizer
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: setup demo test ui clean
+.PHONY: setup demo test test-fast ui clean
 
 # torch first and exactly, so pip takes the local CPU build; constraints keep every other package from moving it.
 $(BIN)/itstudy: pyproject.toml constraints.txt
@@ -25,6 +25,10 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+# The plain-Python tier: no Ray cluster, no browser (about 1.5 minutes on 2 cores). CI runs `make test`.
+test-fast: setup
+	$(BIN)/pytest -q -m "not ray and not browser"
 
 ui: setup
 	$(BIN)/itstudy ui experiments/demo.yaml
