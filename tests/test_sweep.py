@@ -42,7 +42,9 @@ def _uri() -> str:
 
 def _runs(kind: str | None = None):
     runs = load_runs(_uri(), "demo")
-    return runs if kind is None else runs[runs["tags.itstudy.kind"] == kind]
+    if kind is None or "tags.itstudy.kind" not in runs:  # no run created yet: no tag columns either
+        return runs
+    return runs[runs["tags.itstudy.kind"] == kind]
 
 
 def test_optuna_search_over_the_learning_rate_nests_its_trials_under_the_sweep():
