@@ -261,3 +261,19 @@ def test_baselines_carry_label_space_rate_and_no_rank_figure():
     off_label = replace(task, positive_examples=(Example("12", "even"),))
     copy_figures = aggregate(score_predictions(run_baseline("copy_demo", [off_label], seed=1).predictions))
     assert copy_figures["label_space_rate"] == 0.0
+
+
+def test_a_negated_study_without_a_negatable_test_task_is_refused_before_ray_starts(superni_dir):
+    from itstudy.config import ConfigError
+    from itstudy.sweep.preflight import check_variants
+    from itstudy.sweep.trials import make_trial
+
+    data = {
+        "source": "superni",
+        "superni_dir": str(superni_dir),
+        "train_tasks": ["task566_circa_classification"],
+        "test_tasks": ["task833_poem_sentiment_classification"],
+    }
+    study = study_from_dict({"name": "negated", "data": data, "variant": {"definition": "negated"}})
+    with pytest.raises(ConfigError, match="variant: .*none of the 1 test tasks can be negated.*task833"):
+        check_variants([make_trial(study, {})])
