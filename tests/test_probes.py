@@ -61,7 +61,8 @@ def tiny_t5(t5_tokenizer):
 
 def _item(tokenizer, text, labels, references, task="task1_a") -> EvalItem:
     ids = tuple(tokenizer(text)["input_ids"])
-    return EvalItem(task, "cat", text, ids, tuple(references), bool(labels), "h", labels=tuple(labels))
+    label_ids = tuple(tuple(tokenizer(label)["input_ids"]) for label in labels)
+    return EvalItem(task, "cat", text, ids, tuple(references), bool(labels), "h", labels=tuple(labels), label_ids=label_ids)
 
 
 def _hand_log_likelihood(model, tokenizer, source_ids, label) -> float:
@@ -84,13 +85,13 @@ def test_rank_classification_picks_the_label_with_the_highest_summed_log_likelih
     batched = label_log_likelihoods(
         tiny_t5,
         [item.input_ids for item in items[:2]],
-        [[tuple(t5_tokenizer(label)["input_ids"]) for label in item.labels] for item in items[:2]],
+        [item.label_ids for item in items[:2]],
         t5_tokenizer.pad_token_id,
         torch.float32,
     )
     for hand_scores, batch_scores in zip(hand, batched):
         assert batch_scores == pytest.approx(hand_scores, abs=1e-4)
-    choices = rank_labels(tiny_t5, t5_tokenizer, items, batch_size=2, max_target_length=16)
+    choices = rank_labels(tiny_t5, t5_tokenizer, items, batch_size=2)
     assert set(choices) == {0, 1}, "only items with a label space are ranked"
     for index, scores in enumerate(hand):
         assert choices[index] == items[index].labels[max(range(len(scores)), key=scores.__getitem__)]
@@ -100,7 +101,7 @@ def test_evaluation_predictions_carry_the_rank_choice_and_score_rank_exact_match
     study = study_from_dict({"name": "rank", "eval": {"max_new_tokens": 3}})
     items = [_item(t5_tokenizer, f"Is {n} even? Answer yes or no.", ("yes", "no"), ["yes"]) for n in range(3)]
     predictions = evaluation_predictions(tiny_t5, t5_tokenizer, items, study, dtype=torch.float32)
-    choices = rank_labels(tiny_t5, t5_tokenizer, items, batch_size=4, max_target_length=study.train.max_target_length)
+    choices = rank_labels(tiny_t5, t5_tokenizer, items, batch_size=4)
     assert [p.rank_choice for p in predictions] == [choices[i] for i in range(3)]
     figures = aggregate(score_predictions(predictions))
     assert figures["rank_exact_match"] == pytest.approx(100 * sum(c == "yes" for c in choices.values()) / 3)
@@ -244,8 +245,11 @@ def test_prepared_negated_runs_carry_labels_habits_and_pairs_to_evaluation():
     from itstudy.training.prepare import prepare_run
 
     study = study_from_dict({"name": "negated", "variant": {"definition": "negated"}, "data": {"instances_per_task": 2}})
-    _, data = prepare_run(study)
+    tokenizer, data = prepare_run(study)
     assert data.test and all(item.labels for item in data.test)
+    for item in data.test:  # labels tokenised as training targets are: the label's tokens, then </s>
+        assert [ids[-1] for ids in item.label_ids] == [tokenizer.eos_token_id] * len(item.labels)
+        assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in item.label_ids] == list(item.labels)
     assert all(item.habit_references and item.habit_references != item.references for item in data.test)
     assert any(item.pair for item in data.test), "the synthetic test split holds counterfactual pairs"
 

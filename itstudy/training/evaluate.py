@@ -9,7 +9,8 @@ waits on another inside `generate` (sharded FSDP / ZeRO-3 would need `synced_gpu
 
 Rank classification (`eval.rank_classification`, as lm-evaluation-harness scores multiple
 choice): every label of a classification instance's task is scored by the model's summed
-log-likelihood of it as the target, tokenised exactly as training targets are (with </s>), and
+log-likelihood of it as the target (`EvalItem.label_ids`, which `itstudy.training.prepare`
+tokenises exactly as training targets, with </s>), and
 the best label (ties: the first in label order) becomes the prediction's `rank_choice`. A batch
 encodes its prompts once and scores every (prompt, label) pair teacher-forced in one decoder
 pass; no generation. Batches are dealt to the ranks and gathered like generation's.
@@ -44,6 +45,8 @@ class EvalItem:
     prompt_hash: str
     labels: tuple[str, ...] = ()
     """The task's label space; () for a generation task."""
+    label_ids: tuple[tuple[int, ...], ...] = ()
+    """Each label tokenised as a training target (with </s>), for rank classification."""
     habit_references: tuple[str, ...] = ()
     """Under the negated variant, the references of the original instruction; () otherwise."""
     pair: str = ""
@@ -71,7 +74,6 @@ def evaluation_predictions(
         tokenizer,
         items,
         batch_size=study.eval.batch_size,
-        max_target_length=study.train.max_target_length,
         dtype=dtype,
         rank=rank,
         world_size=world_size,
@@ -182,15 +184,12 @@ def rank_labels(
     items: Sequence[EvalItem],
     *,
     batch_size: int,
-    max_target_length: int,
     dtype: torch.dtype = torch.float32,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[int, str]:
     """Item index -> its most likely label (ties: the first in label order), for every item with labels, on every rank."""
-    ranked = [index for index, item in enumerate(items) if item.labels]
-    label_sets = sorted({items[index].labels for index in ranked})
-    encoded = {labels: _encode_targets(tokenizer, labels, max_target_length) for labels in label_sets}
+    ranked = [index for index, item in enumerate(items) if item.label_ids]
     was_training = model.training
     model.eval()
     choices: dict[int, str] = {}
@@ -199,7 +198,7 @@ def rank_labels(
         scores = label_log_likelihoods(
             model,
             [item.input_ids for item in batch_items],
-            [encoded[item.labels] for item in batch_items],
+            [item.label_ids for item in batch_items],
             tokenizer.pad_token_id,
             dtype,
         )
@@ -210,7 +209,3 @@ def rank_labels(
     model.train(was_training)
     return _gather(choices, world_size)
 
-
-def _encode_targets(tokenizer, labels: tuple[str, ...], max_length: int) -> list[tuple[int, ...]]:
-    # As `itstudy.training.prepare` encodes training targets: one batch call, truncated, with </s>.
-    return [tuple(ids) for ids in tokenizer(list(labels), truncation=True, max_length=max_length)["input_ids"]]

@@ -152,6 +152,8 @@ def encode_evaluation(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple
     pairs = counterfactual_pair_inputs(tasks)
     for task in tasks:
         sources = _sources(task, tokenizer, study)
+        labels = task.label_space.labels if task.label_space else ()
+        label_ids = tuple(_encode(tokenizer, list(labels), study.train.max_target_length)) if labels else ()
         if len(shown) < PROMPTS_SHOWN_PER_SPLIT and sources:
             shown.append(f"### test task {task.name}\n{sources[0]}")
         for instance, source, ids in zip(task.instances, sources, _encode(tokenizer, sources, study.train.max_source_length)):
@@ -164,7 +166,8 @@ def encode_evaluation(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple
                     references=tuple(instance.outputs),
                     is_classification=task.is_classification,
                     prompt_hash=prompt_hash(source),
-                    labels=task.label_space.labels if task.label_space else (),
+                    labels=labels,
+                    label_ids=label_ids,
                     habit_references=instance.unaltered_outputs,
                     pair=pairs.get((task.name, instance.id), ""),
                 )
