@@ -124,8 +124,12 @@ def run_baselines(
 
 
 def baseline_data_key(test_tasks: tuple[Task, ...]) -> str:
-    """A hash of all a baseline reads: test instances and demonstrations (selection_digest) and label spaces."""
-    labels = [[task.name, list(task.label_space.labels) if task.label_space else None] for task in test_tasks]
+    """A hash of all a baseline reads: test instances and demonstrations (selection_digest), label spaces and
+    counterfactual partners (the pair probe's figures depend on them)."""
+    labels = [
+        [task.name, list(task.label_space.labels) if task.label_space else None, task.counterfactual_of]
+        for task in test_tasks
+    ]
     payload = selection_digest((), test_tasks) + json.dumps(labels, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 

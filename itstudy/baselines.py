@@ -16,6 +16,13 @@ predictions go through the same `itstudy.metrics` and tracking as a trained mode
 They read tasks as given: pass the unaltered test tasks (as the sweep does) to copy the
 task's own first demonstration.
 
+Their predictions carry the task's labels, so `label_space_rate` is scored for them (random,
+majority and majority_oracle: 100% by construction; copy_demo: as often as the first
+demonstration's output is a label), and the counterfactual pairs among the test tasks, so
+`pair_rule_accuracy` is too. They have no `rank_exact_match`: a baseline has no likelihood to rank
+labels by, and for one that answers with labels the expected rank figure would equal its exact
+match.
+
 A task a baseline cannot predict is skipped, not crashed on: random, majority and
 majority_oracle need a label space, copy_demo a positive example. `run_baseline` returns the
 skipped tasks with the reason so that a report can say what each figure covers. The untuned
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from itstudy.data.task import Task
-from itstudy.metrics import Prediction, exact_match
+from itstudy.metrics import Prediction, counterfactual_pair_inputs, exact_match
 from itstudy.seeding import task_rng
 
 
@@ -43,6 +50,7 @@ class Baseline:
     """(task, seed) -> one answer per instance of the task, in instance order."""
 
     def __call__(self, test_tasks: Sequence[Task], seed: int) -> list[Prediction]:
+        pairs = counterfactual_pair_inputs(test_tasks)
         return [
             Prediction(
                 task=task.name,
@@ -51,6 +59,9 @@ class Baseline:
                 prediction=answer,
                 references=instance.outputs,
                 is_classification=task.is_classification,
+                labels=task.label_space.labels if task.label_space else (),
+                habit_references=instance.unaltered_outputs,
+                pair=pairs.get((task.name, instance.id), ""),
             )
             for task in test_tasks
             if self.cannot_predict(task) is None

@@ -8,7 +8,20 @@ function in a registry below, in the spirit of lm-evaluation-harness's named pro
 
 `apply_variant` returns a new `Task` whose `definition` is the one to show and whose
 `positive_examples` / `negative_examples` are exactly the demonstrations to show (the prompt
-builder renders all of them). Instances and the label space are untouched.
+builder renders all of them). Instances and the label space are untouched, except by the
+negation probe.
+
+The negation probe (`definition: negated`) alters test tasks only (`apply_variant_to_test`;
+training tasks keep their definition): for a task with exactly two labels, both named in its
+definition, the two label words are swapped in the definition, in the demonstrations (outputs and
+explanations) and in the references, so the instruction asks for the opposite answer while the
+inputs stay; the original references are kept as `Instance.unaltered_outputs` (the "habit").
+Where a text quotes every label it mentions, only quoted mentions are swapped ("Answer 'yes' ...
+No other words" keeps its "No"); otherwise every whole-word mention, case kept (one-character
+labels only in their exact case). A test task that cannot be negated (`negation_refusal`: not two
+labels, a label missing from the definition, one label inside the other, or a definition that
+only lists the labels side by side) is skipped with a note naming it and why; a test set with
+none left is refused.
 
 Every random choice for a task comes from `itstudy.seeding.task_rng(seed, task.name, "variant")`,
 so a task's transform depends only on the seed and the task, never on which other tasks are in
@@ -22,12 +35,13 @@ examples) on a task that has none (a generation task).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 from typing import Callable
 
 from itstudy.answers import normalize_answer
 from itstudy.config import VariantConfig
-from itstudy.data.task import Example, Task
+from itstudy.data.task import Example, Instance, Task
 from itstudy.errors import UserError
 from itstudy.seeding import task_rng
 
@@ -74,11 +88,112 @@ def _fill_template(template: str, labels: tuple[str, ...], where: str) -> str:
         ) from None
 
 
+def negated_definition(task: Task, cfg: VariantConfig) -> str:
+    """The definition as given: `negate_task` has already swapped a test task's labels; training tasks keep theirs."""
+    return task.definition
+
+
 DEFINITIONS: dict[str, Callable[[Task, VariantConfig], str]] = {
     "original": original_definition,
     "simplified": simplified_definition,
     "none": no_definition,
+    "negated": negated_definition,
 }
+
+
+# --- the negation probe: swap the two labels' meaning -----------------------------------------
+
+_QUOTES = "'\"`\u2018\u2019\u201c\u201d"
+# Mentions of the two labels this many words apart or closer form a list ("'yes' or 'no'").
+_LIST_DISTANCE = 3
+
+
+def _label_pattern(labels: tuple[str, ...], quoted: bool) -> re.Pattern:
+    # One-character labels (option letters, digits) match their exact case only: "a" is also an article.
+    words = "|".join(re.escape(label) if len(label) > 1 else f"(?-i:{re.escape(label)})" for label in labels)
+    edges = (f"(?<=[{_QUOTES}])", f"(?=[{_QUOTES}])") if quoted else (r"(?<!\w)", r"(?!\w)")
+    return re.compile(f"{edges[0]}(?:{words}){edges[1]}", re.IGNORECASE)
+
+
+def _quoted(text: str, labels: tuple[str, ...]) -> bool:
+    """True when every label the text mentions is mentioned in quotes: then only quoted mentions count."""
+    mentioned = [label for label in labels if _label_pattern((label,), quoted=False).search(text)]
+    return bool(mentioned) and all(_label_pattern((label,), quoted=True).search(text) for label in mentioned)
+
+
+def _mention_positions(text: str, label: str, labels: tuple[str, ...]) -> list[int]:
+    """Word positions of the mentions of `label` (quoted ones only where the text quotes its labels)."""
+    pattern = _label_pattern((label,), _quoted(text, labels))
+    return [len(text[: match.start()].split()) for match in pattern.finditer(text)]
+
+
+def _same_case(model: str, word: str) -> str:
+    if model.islower():
+        return word.lower()
+    if model.isupper() and len(model) > 1:
+        return word.upper()
+    return word[:1].upper() + word[1:] if model[:1].isupper() else word
+
+
+def swap_label_words(text: str, labels: tuple[str, str]) -> str:
+    """`text` with every mention of either label replaced by the other (quoted mentions only, if the text quotes them)."""
+    first, second = labels
+
+    def other(match: re.Match) -> str:
+        word = match.group(0)
+        return _same_case(word, second if word.lower() == first.lower() else first)
+
+    return _label_pattern(labels, _quoted(text, labels)).sub(other, text)
+
+
+def negation_refusal(task: Task) -> str | None:
+    """Why `task` cannot be negated; None when it can.
+
+    Besides two distinct labels both named in the definition, the definition must tie each label
+    to its own condition: a definition that only lists them ("as one of 'positive' or 'negative'")
+    reads the same with the two swapped, so swapping would not negate it.
+    """
+    labels = task.label_space.labels if task.label_space else ()
+    if len(labels) != 2:
+        return f"needs exactly two labels to swap, the task has {len(labels)}"
+    first, second = (normalize_answer(label) for label in labels)
+    if first in second or second in first:
+        return f"its labels {list(labels)} overlap (one contains the other)"
+    positions = [_mention_positions(task.definition, label, labels) for label in labels]
+    for label, found in zip(labels, positions):
+        if not found:
+            return f"its label {label!r} is not named in the definition"
+    if all(min(abs(a - b) for b in positions[1]) <= _LIST_DISTANCE for a in positions[0]) and all(
+        min(abs(a - b) for a in positions[0]) <= _LIST_DISTANCE for b in positions[1]
+    ):
+        return "its definition only lists the two labels side by side, so swapping them would not negate it"
+    return None
+
+
+def negate_task(task: Task, cfg: VariantConfig) -> Task:
+    """The task with its two labels swapped in definition, demonstrations and references; refused if it cannot be."""
+    refusal = negation_refusal(task)
+    if refusal:
+        raise VariantError(f"task {task.name}: variant {cfg.name} cannot negate it: {refusal}")
+    labels = task.label_space.labels
+    swap = {normalize_answer(labels[0]): labels[1], normalize_answer(labels[1]): labels[0]}
+
+    def answer(output: str) -> str:
+        return swap.get(normalize_answer(output), output)
+
+    def example(e: Example) -> Example:
+        return replace(e, output=answer(e.output), explanation=swap_label_words(e.explanation, labels))
+
+    def instance(i: Instance) -> Instance:
+        return replace(i, outputs=tuple(answer(o) for o in i.outputs), unaltered_outputs=i.outputs)
+
+    return replace(
+        task,
+        definition=swap_label_words(task.definition, labels),
+        positive_examples=tuple(map(example, task.positive_examples)),
+        negative_examples=tuple(map(example, task.negative_examples)),
+        instances=tuple(map(instance, task.instances)),
+    )
 
 
 # --- delusive strategies: wrong input-to-output mapping, correct input and output spaces -----
@@ -179,13 +294,16 @@ def _lookup(registry: dict, key: str, field: str, cfg: VariantConfig, task: Task
     return registry[key]
 
 
-def apply_variant(task: Task, variant_cfg: VariantConfig, seed: int) -> Task:
+def apply_variant(task: Task, variant_cfg: VariantConfig, seed: int, *, test: bool = False) -> Task:
     """The task as the prompt will show it: definition and demonstrations transformed, deterministically.
 
     Negative examples are kept up to variant.num_negative_examples whatever the example
-    transform (Tk-Instruct shows none by default).
+    transform (Tk-Instruct shows none by default). A test task (`test=True`) under the negated
+    definition is negated first (`negate_task`).
     """
     cfg = variant_cfg
+    if test and cfg.definition == "negated":
+        task = negate_task(task, cfg)
     definition = _lookup(DEFINITIONS, cfg.definition, "definition", cfg, task)(task, cfg)
     rng = task_rng(seed, task.name, purpose="variant")
     positives = _lookup(EXAMPLES, cfg.examples, "examples", cfg, task)(task, cfg, rng)
@@ -195,3 +313,22 @@ def apply_variant(task: Task, variant_cfg: VariantConfig, seed: int) -> Task:
         positive_examples=tuple(positives),
         negative_examples=task.negative_examples[: cfg.num_negative_examples],
     )
+
+
+def apply_variant_to_test(tasks, variant_cfg: VariantConfig, seed: int) -> tuple[list[Task], tuple[str, ...]]:
+    """The test tasks as their prompts show them, and a note per task skipped because it cannot be negated.
+
+    With variant.apply_to_test false the tasks are returned as given. Refused when no task is left.
+    """
+    if not variant_cfg.apply_to_test:
+        return list(tasks), ()
+    notes, kept = [], []
+    for task in tasks:
+        refusal = negation_refusal(task) if variant_cfg.definition == "negated" else None
+        if refusal:
+            notes.append(f"variant {variant_cfg.name}: test task {task.name} skipped: {refusal}")
+        else:
+            kept.append(apply_variant(task, variant_cfg, seed, test=True))
+    if tasks and not kept:
+        raise VariantError(f"variant {variant_cfg.name}: none of the {len(tasks)} test tasks can be negated ({notes[0]})")
+    return kept, tuple(notes)

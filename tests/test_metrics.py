@@ -91,6 +91,9 @@ def test_score_predictions_scores_each_instance_in_unit_range():
         "is_classification": False,
         "exact_match": 0.0,
         "rougeL": pytest.approx(0.8),
+        "in_label_space": None,  # a generation task has no label space
+        "rank_choice": None,
+        "rank_exact_match": None,
     }
 
 

@@ -232,6 +232,7 @@ def test_a_tracked_plain_run_logs_through_its_reporter(prepared, tmp_path):
     run = get_run(uri, run_id)
     assert run.data.params["run.total_steps"] == "40" and run.data.params["env.git_commit"]
     assert run.data.metrics["exact_match"] == pytest.approx(metrics["exact_match"])
+    assert {"label_space_rate", "rank_exact_match"} <= set(run.data.metrics), "format figures beside exact match"
     assert {"config.yaml", "prompts.txt", "predictions.jsonl", "task_metrics.csv"} <= set(list_artifacts(uri, run_id))
     records = download_artifact(uri, run_id, "predictions.jsonl", tmp_path / "artifacts").read_text().splitlines()
     assert len(records) == len(data.test) and json.loads(records[0])["instance_id"] == data.test[0].instance_id

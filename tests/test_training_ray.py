@@ -83,6 +83,8 @@ def test_two_workers_train_on_superni_and_the_mlflow_run_holds_everything(supern
     predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 8 + 8 + 8 and {p["task"] for p in predictions} == set(SUPERNI_TEST_TASKS)
     assert {"instance_id", "prompt_hash", "prediction", "references", "exact_match", "rougeL"} <= set(predictions[0])
+    # Rank classification is dealt to both ranks and gathered: every classification instance has its choice.
+    assert all(p["rank_choice"] for p in predictions if p["is_classification"]) and "rank_exact_match" in metrics
     assert "Definition:" in (folder / "prompts.txt").read_text()
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest
 

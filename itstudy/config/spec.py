@@ -124,8 +124,8 @@ class DataConfig(Spec):
 class VariantConfig(Spec):
     """How a task's instruction is altered: a definition transform times an example transform."""
 
-    definition: Literal["original", "simplified", "none"] = "original"
-    """original: the task's Definition; simplified: only the output space (template below); none: no definition."""
+    definition: Literal["original", "simplified", "none", "negated"] = "original"
+    """original: the task's Definition; simplified: only the output space (template below); none: no definition; negated: test tasks' two labels swapped in definition and answers."""
     examples: Literal["original", "delusive", "none"] = "original"
     """original: the first num_examples positive examples; delusive: same inputs, wrong outputs; none."""
     num_examples: int = Field(2, ge=0)
@@ -145,6 +145,12 @@ class VariantConfig(Spec):
         if value.count("{labels}") != 1 or value.replace("{labels}", "").count("{"):
             raise ValueError("simplified_template must contain '{labels}' exactly once and no other {field}")
         return value
+
+    @model_validator(mode="after")
+    def _negation_reaches_test(self) -> "VariantConfig":
+        if self.definition == "negated" and not self.apply_to_test:
+            raise ValueError("definition 'negated' alters only test prompts; it needs apply_to_test: true")
+        return self
 
     @property
     def name(self) -> str:
@@ -239,6 +245,8 @@ class EvalConfig(Spec):
     """Tokens generated per prediction (classification labels are short)."""
     add_task_name: bool = False
     """Prefix the task name to the prompt (Tk-Instruct option, off by default)."""
+    rank_classification: bool = True
+    """Also score each classification label by log-likelihood and log rank_exact_match (one teacher-forced pass per label)."""
 
 
 class ResourcesConfig(Spec):

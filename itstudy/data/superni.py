@@ -8,7 +8,9 @@ What is accepted, because real files in the SuperNI history carry it and the mea
 - an instance `output` as a bare string instead of a list (wrapped into a one-element list);
 - instances without an `id`: the id `<task>-<index>` is synthesised (index 0-based in file order),
   so predictions can still be joined back to their instance;
-- the language fields may be absent and then mean English (SuperNI's default split is English only).
+- the language fields may be absent and then mean English (SuperNI's default split is English only);
+- `_synthetic.counterfactual_of`, written by the synthetic suite: the task's counterfactual partner
+  (same inputs, another definition), kept as `Task.counterfactual_of`.
 
 What is refused, with one line naming the file, the field and what was expected:
 - bytes that are not UTF-8, text that is not JSON (with line and column), a top level that is
@@ -71,6 +73,7 @@ def parse_task(data: bytes | str, name: str, origin: str) -> Task:
         output_language=fields.string_list("Output_language") or ("English",),
         instruction_language=fields.string_list("Instruction_language") or ("English",),
         source_file=origin,
+        counterfactual_of=fields.counterfactual_of(),
     )
 
 
@@ -131,6 +134,14 @@ class _Fields:
         if not value.strip():
             raise TaskFileError(f"{self.origin}: field 'Definition': expected a non-empty text, got a blank string")
         return value
+
+    def counterfactual_of(self) -> str:
+        """The synthetic suite's `_synthetic.counterfactual_of` (a partner task name), '' when absent or null."""
+        synthetic = self.raw.get("_synthetic") or {}
+        if not isinstance(synthetic, dict):
+            raise self.fail("_synthetic", "an object", synthetic)
+        partner = synthetic.get("counterfactual_of") or ""
+        return self.text(partner, "_synthetic.counterfactual_of")
 
     def string_list(self, field: str, required: bool = False) -> tuple[str, ...]:
         if field not in self.raw and not required:

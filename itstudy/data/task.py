@@ -25,6 +25,8 @@ class Instance:
     id: str
     input: str
     outputs: tuple[str, ...]
+    unaltered_outputs: tuple[str, ...] = ()
+    """The references before a variant changed them (the negated variant swaps labels); () when unchanged."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Task:
     instruction_language: tuple[str, ...] = ("English",)
     source_file: str = ""
     label_space: LabelSpace | None = field(default=None, compare=False)
+    counterfactual_of: str = ""
+    """The task sharing this task's inputs under a definition that labels them differently ('' if none)."""
 
     @property
     def category(self) -> str:

@@ -18,7 +18,7 @@ from itstudy.config import ConfigError, Study, with_overrides
 from itstudy.data import SelectionError, SourceError, SyntheticError, TaskFileError, load_study_data
 from itstudy.sweep.trials import Trial
 from itstudy.training.runner import check_run
-from itstudy.variants import VariantError, apply_variant
+from itstudy.variants import VariantError, apply_variant, apply_variant_to_test
 
 SEARCH_TYPES = {
     "loguniform": lambda spec: tune.loguniform(spec["low"], spec["high"]),
@@ -79,8 +79,9 @@ def check_variants(trials: list[Trial]) -> None:
         checked.add(identity)
         try:
             data = load_study_data(study.data, study.seed)
-            for task in data.train + (data.test if study.variant.apply_to_test else ()):
+            for task in data.train:
                 apply_variant(task, study.variant, study.seed)
+            apply_variant_to_test(data.test, study.variant, study.seed)
         except (SelectionError, SourceError, SyntheticError, TaskFileError) as error:
             raise ConfigError(f"data: {error}") from None
         except VariantError as error:

@@ -175,7 +175,7 @@ def _note_resume(checkpoint: Path | None, logger: RunLogger) -> None:
 def _run_untuned(trial: Trial, logger: RunLogger) -> dict[str, float]:
     """The untuned baseline: the initial model (pretrained, or a seeded random init) zero-shot on the test prompts."""
     from itstudy.metrics import aggregate, score_predictions, task_rows
-    from itstudy.training.evaluate import generate_predictions
+    from itstudy.training.evaluate import evaluation_predictions
     from itstudy.training.models import build_model, compute_dtype
     from itstudy.training.prepare import prepare_run
     from itstudy.training.reporter import TuneReporter
@@ -187,9 +187,7 @@ def _run_untuned(trial: Trial, logger: RunLogger) -> dict[str, float]:
     device = TuneReporter().device
     dtype = compute_dtype(study.model.precision, device)
     model = build_model(study.model.name, tokenizer, study.seed).to(device)
-    predictions = generate_predictions(
-        model, tokenizer, data.test, batch_size=study.eval.batch_size, max_new_tokens=study.eval.max_new_tokens, dtype=dtype
-    )
+    predictions = evaluation_predictions(model, tokenizer, data.test, study, dtype=dtype)
     logger.log_config(study)
     logger.log_environment()
     scored = score_predictions(predictions)

@@ -7,18 +7,28 @@ predictions gathered on every rank, so evaluating costs 1/world_size of the time
 generates with the plain (unwrapped) model: with DDP every rank holds all weights, so no rank
 waits on another inside `generate` (sharded FSDP / ZeRO-3 would need `synced_gpus=True`).
 
-Scoring is `itstudy.metrics` (Tk-Instruct's exact match and ROUGE-L): this module only produces
-the predictions.
+Rank classification (`eval.rank_classification`, as lm-evaluation-harness scores multiple
+choice): every label of a classification instance's task is scored by the model's summed
+log-likelihood of it as the target (`EvalItem.label_ids`, which `itstudy.training.prepare`
+tokenises exactly as training targets, with </s>), and
+the best label (ties: the first in label order) becomes the prediction's `rank_choice`. A batch
+encodes its prompts once and scores every (prompt, label) pair teacher-forced in one decoder
+pass; no generation. Batches are dealt to the ranks and gathered like generation's.
+
+Scoring is `itstudy.metrics` (Tk-Instruct's exact match and ROUGE-L, and the format and probe
+figures): this module only produces the predictions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
+from transformers.modeling_outputs import BaseModelOutput
 
+from itstudy.config import Study
 from itstudy.metrics import Prediction
 
 
@@ -33,6 +43,42 @@ class EvalItem:
     references: tuple[str, ...]
     is_classification: bool
     prompt_hash: str
+    labels: tuple[str, ...] = ()
+    """The task's label space; () for a generation task."""
+    label_ids: tuple[tuple[int, ...], ...] = ()
+    """Each label tokenised as a training target (with </s>), for rank classification."""
+    habit_references: tuple[str, ...] = ()
+    """Under the negated variant, the references of the original instruction; () otherwise."""
+    pair: str = ""
+    """The counterfactual pair whose definitions label this input differently ('' if none)."""
+
+
+def evaluation_predictions(
+    model, tokenizer, items: Sequence[EvalItem], study: Study, *, dtype: torch.dtype, rank: int = 0, world_size: int = 1
+) -> list[Prediction]:
+    """Greedy predictions for every item and, with `eval.rank_classification`, each classification item's rank choice."""
+    predictions = generate_predictions(
+        model,
+        tokenizer,
+        items,
+        batch_size=study.eval.batch_size,
+        max_new_tokens=study.eval.max_new_tokens,
+        dtype=dtype,
+        rank=rank,
+        world_size=world_size,
+    )
+    if not study.eval.rank_classification:
+        return predictions
+    choices = rank_labels(
+        model,
+        tokenizer,
+        items,
+        batch_size=study.eval.batch_size,
+        dtype=dtype,
+        rank=rank,
+        world_size=world_size,
+    )
+    return [replace(p, rank_choice=choices[index]) if index in choices else p for index, p in enumerate(predictions)]
 
 
 def _length_sorted_batches(items: Sequence[EvalItem], batch_size: int) -> list[list[int]]:
@@ -78,10 +124,7 @@ def generate_predictions(
         for index, text in zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True)):
             answers[index] = text.strip()
     model.train(was_training)
-    if world_size > 1:
-        shards: list[dict[int, str]] = [{} for _ in range(world_size)]
-        dist.all_gather_object(shards, answers)
-        answers = {index: text for shard in shards for index, text in shard.items()}
+    answers = _gather(answers, world_size)
     return [
         Prediction(
             task=item.task,
@@ -91,6 +134,78 @@ def generate_predictions(
             references=item.references,
             is_classification=item.is_classification,
             prompt_hash=item.prompt_hash,
+            labels=item.labels,
+            habit_references=item.habit_references,
+            pair=item.pair,
         )
         for index, item in enumerate(items)
     ]
+
+
+def _gather(shard: dict, world_size: int) -> dict:
+    if world_size == 1:
+        return shard
+    shards: list[dict] = [{} for _ in range(world_size)]
+    dist.all_gather_object(shards, shard)
+    return {key: value for part in shards for key, value in part.items()}
+
+
+@torch.no_grad()
+def label_log_likelihoods(
+    model, source_ids: Sequence[tuple[int, ...]], label_ids: Sequence[Sequence[tuple[int, ...]]], pad_id: int, dtype
+) -> list[list[float]]:
+    """For each source, the summed log-likelihood of each of its labels' token ids as the target."""
+    device = next(model.parameters()).device
+    input_ids, attention_mask = _pad(list(source_ids), pad_id)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    owner = [row for row, labels in enumerate(label_ids) for _ in labels]
+    targets, _ = _pad([ids for labels in label_ids for ids in labels], pad_id)
+    targets = targets.to(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        encoded = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded[owner]),
+            attention_mask=attention_mask[owner],
+            labels=targets.masked_fill(targets == pad_id, -100),
+        ).logits
+    token_scores = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    sums = (token_scores * (targets != pad_id)).sum(-1).tolist()
+    scores, start = [], 0
+    for labels in label_ids:
+        scores.append(sums[start : start + len(labels)])
+        start += len(labels)
+    return scores
+
+
+@torch.no_grad()
+def rank_labels(
+    model,
+    tokenizer,
+    items: Sequence[EvalItem],
+    *,
+    batch_size: int,
+    dtype: torch.dtype = torch.float32,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[int, str]:
+    """Item index -> its most likely label (ties: the first in label order), for every item with labels, on every rank."""
+    ranked = [index for index, item in enumerate(items) if item.label_ids]
+    was_training = model.training
+    model.eval()
+    choices: dict[int, str] = {}
+    for batch in _length_sorted_batches([items[index] for index in ranked], batch_size)[rank::world_size]:
+        batch_items = [items[ranked[position]] for position in batch]
+        scores = label_log_likelihoods(
+            model,
+            [item.input_ids for item in batch_items],
+            [item.label_ids for item in batch_items],
+            tokenizer.pad_token_id,
+            dtype,
+        )
+        for position, item, label_scores in zip(batch, batch_items, scores):
+            # max() keeps the first of equal scores: ties go to the first label
+            best = max(range(len(label_scores)), key=label_scores.__getitem__)
+            choices[ranked[position]] = item.labels[best]
+    model.train(was_training)
+    return _gather(choices, world_size)
+

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from itstudy.config import ConfigError, Study
 from itstudy.data import SelectionError, SourceError, SyntheticError, TaskFileError, load_study_data
 from itstudy.data.task import Task
+from itstudy.metrics import counterfactual_pair_inputs
 from itstudy.prompts import build_source, choose_target, prompt_hash
 from itstudy.seeding import task_rng
 from itstudy.training.engine import Seq2SeqExample
 from itstudy.training.evaluate import EvalItem
 from itstudy.training.models import ModelSpecError, load_tokenizer, train_bpe_tokenizer
-from itstudy.variants import VariantError, apply_variant
+from itstudy.variants import VariantError, apply_variant, apply_variant_to_test
 
 # Prompt scaffolding that every source contains, added to a BPE tokenizer's training texts.
 _PROMPT_WORDS = "Definition: Positive Example Negative Example Now complete the following example - Input: Output:"
@@ -75,9 +76,7 @@ def prepare_run(study: Study):
         )
     try:
         train_tasks = [apply_variant(task, study.variant, study.seed) for task in data.train]
-        test_tasks = [
-            apply_variant(task, study.variant, study.seed) if study.variant.apply_to_test else task for task in data.test
-        ]
+        test_tasks, skipped = apply_variant_to_test(data.test, study.variant, study.seed)
     except VariantError as error:
         raise ConfigError(f"variant: {error}") from None
     tokenizer = make_tokenizer(study, train_tasks)
@@ -88,7 +87,7 @@ def prepare_run(study: Study):
         test=test,
         digest=data.digest,
         source=data.source,
-        notes=data.notes,
+        notes=data.notes + skipped,
         train_tasks=tuple(task.name for task in train_tasks),
         test_tasks=tuple(task.name for task in test_tasks),
         sample_prompts=train_prompts + test_prompts,
@@ -150,8 +149,11 @@ def encode_training(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple[S
 def encode_evaluation(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple[EvalItem, ...], tuple[str, ...]]:
     """One evaluation item per test instance, with every reference kept for scoring."""
     items, shown = [], []
+    pairs = counterfactual_pair_inputs(tasks)
     for task in tasks:
         sources = _sources(task, tokenizer, study)
+        labels = task.label_space.labels if task.label_space else ()
+        label_ids = tuple(_encode(tokenizer, list(labels), study.train.max_target_length)) if labels else ()
         if len(shown) < PROMPTS_SHOWN_PER_SPLIT and sources:
             shown.append(f"### test task {task.name}\n{sources[0]}")
         for instance, source, ids in zip(task.instances, sources, _encode(tokenizer, sources, study.train.max_source_length)):
@@ -164,6 +166,10 @@ def encode_evaluation(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple
                     references=tuple(instance.outputs),
                     is_classification=task.is_classification,
                     prompt_hash=prompt_hash(source),
+                    labels=labels,
+                    label_ids=label_ids,
+                    habit_references=instance.unaltered_outputs,
+                    pair=pairs.get((task.name, instance.id), ""),
                 )
             )
     return tuple(items), tuple(shown)
