@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards.runs import BASELINE, TRIAL
-from dashboards.stats import DEFAULT_MARGIN, Estimate, estimate, paired_difference, verdict
+from itstudy.stats import DEFAULT_MARGIN, Estimate, estimate, paired_difference, verdict
 
 SPLITS = ("all", "classification", "generation")
 HEADLINE = {"all": "exact_match", "classification": "exact_match", "generation": "rougeL"}

@@ -32,6 +32,17 @@ _KIND_OF_TAG = {"trial": TRIAL, "train": TRIAL, "baseline": BASELINE}
 # Axes every trial is already placed by (variant, data size, seed); other grid axes name conditions.
 _PLACED_AXES = ("variant.", "data.instances_per_task", "seed")
 _ERRORS_READ = 10
+SCORES = ("exact_match", "rougeL")
+"""Per-task metrics every scored run has."""
+PROBES = (
+    "label_space_rate",
+    "rank_exact_match",
+    "pair_rule_accuracy",
+    "pair_rule_chance",
+    "negation_follow_rate",
+    "negation_habit_rate",
+)
+"""Per-task metrics that only some runs have (newer runs, counterfactual pairs, negated variants): NaN elsewhere."""
 
 
 class ReportError(ConfigError):
@@ -50,7 +61,7 @@ class StudyRuns:
     runs: pd.DataFrame
     """The sweep's trial and baseline runs: run_id, name, status, kind, condition, variant, size, seed, ..."""
     scores: pd.DataFrame
-    """One row per (finished run, test task): run columns + task, category, is_classification, exact_match, rougeL."""
+    """One row per (finished run, test task): run columns + task, category, is_classification, SCORES, PROBES."""
     missing: list[str]
     """Trial keys the sweep planned that have no run at all."""
     other_sweeps: list[str]
@@ -169,10 +180,11 @@ def _deduplicate(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 
 def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
-    """Per-task EM and ROUGE-L of every finished run, read from its `<metric>_for_<task>` metrics.
+    """Per-task SCORES and PROBES of every finished run, read from its `<metric>_for_<task>` metrics.
 
     Categories are logged under the same `_for_` prefix, so the task list comes from the run's
     task_metrics.csv; it is read once per distinct set of metric names (usually once per study).
+    A pair's chance level logged once per run (`pair_rule_chance`) stands for each of its pairs.
     """
     frames = []
     tasks_by_metrics: dict[frozenset[str], pd.DataFrame] = {}
@@ -186,10 +198,13 @@ def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
             study.notes.append(f"Run {run['name']} has no readable task_metrics.csv: its per-task results are left out.")
             continue
         frame = tasks.assign(**run.to_dict())
-        for metric in ("exact_match", "rougeL"):
+        for metric in (*SCORES, *PROBES):
             frame[metric] = pd.to_numeric([metrics.get(f"metrics.{metric}_for_{task}") for task in tasks["task"]])
-        frames.append(frame.dropna(subset=["exact_match", "rougeL"], how="all"))
-    columns = ["task", "category", "is_classification", *study.runs.columns, "exact_match", "rougeL"]
+        if frame["pair_rule_chance"].isna().all():
+            chance = float(metrics.get("metrics.pair_rule_chance", float("nan")))
+            frame["pair_rule_chance"] = frame["pair_rule_accuracy"].where(frame["pair_rule_accuracy"].isna(), chance)
+        frames.append(frame.dropna(subset=list(SCORES), how="all"))
+    columns = ["task", "category", "is_classification", *study.runs.columns, *SCORES, *PROBES]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
