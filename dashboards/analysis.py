@@ -1,7 +1,7 @@
 """The study's question answered with numbers: the paper table, the verdicts, the per-task differences.
 
 Input: `StudyRuns.scores`, one row per finished run and test task. Output: plain DataFrames that
-the report renders as HTML tables, CSV files and figures. Statistics are `dashboards.stats`.
+the report renders as HTML tables, CSV files and figures. Statistics are `itstudy.stats`.
 
 - Splits: all test tasks, classification tasks, generation tasks (as each run's
   task_metrics.csv classifies them). Headline metric per split: EM on all and on classification

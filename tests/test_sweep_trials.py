@@ -183,6 +183,25 @@ def test_table_pairs_by_seed_and_omits_metrics_no_run_logged():
     assert "vs random" not in format_table("title", rows, []).splitlines()[2]
 
 
+def test_the_sweep_pairs_its_table_over_the_classification_test_tasks_by_seed():
+    from itstudy.baseline_run import BaselineRecord, BaselineResults, TaskRow
+    from itstudy.sweep.outcomes import TrialOutcome
+    from itstudy.sweep.summary import comparison_rows, paired_tasks
+
+    tasks = (*(TaskRow(task, 2, 8) for task in TABLE_TASKS), TaskRow("task999_generation", None, 8))
+    records = tuple(BaselineRecord("random", seed, f"r{seed}", f"random-s{seed}", False, _seed_metrics(50.0, seed, 100.0))
+                    for seed in (1, 2))  # fmt: skip
+    baselines = [BaselineResults(tasks, records, "key", "synthetic", (), "sqlite://", "0")]
+    outcomes = [TrialOutcome(f"t_s{seed}", "trial", f"run{seed}", "def-original_n20", seed, 1, status,
+                             _seed_metrics(53.0, seed, 98.0, 51.0) if status == "FINISHED" else {}, None)
+                for seed, status in ((1, "FINISHED"), (2, "FINISHED"), (3, "FAILED"))]  # fmt: skip
+    assert paired_tasks(baselines) == TABLE_TASKS  # generation tasks have no label space to guess in
+    rows = comparison_rows(outcomes, baselines)
+    assert [(row.label, sorted(row.runs), row.expected) for row in rows] == [("def-original_n20", [1, 2], 3), ("random", [1, 2], 2)]
+    trial = _line(format_table("title", rows, paired_tasks(baselines)).splitlines(), "def-original_n20")
+    assert " 2/3 " in trial and "98.0 ± 0.0" in trial and "+3.0 [+3.0, +3.0] vs random: better" in trial
+
+
 def test_make_trial_applies_the_point_as_overrides():
     trial = make_trial(_study(), {"train.learning_rate": 3e-4, "seed": 7})
     assert trial.study.train.learning_rate == 3e-4 and trial.study.seed == 7
