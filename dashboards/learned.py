@@ -42,6 +42,10 @@ _FOLLOWS = {"better": "follows the instruction", "worse": "follows the habit"}
 _THAN_GUESSING = {"better": "above random guessing", "worse": "below random guessing"}
 
 
+OVERALL = "all test tasks (run overall)"
+"""The task name a run's overall figure stands under when the run logged a probe per run only."""
+
+
 def logged(scores: pd.DataFrame, metric: str) -> bool:
     return metric in scores and scores[metric].notna().any()
 
@@ -103,25 +107,38 @@ def _levels(selected: pd.DataFrame, metric: str, keys: dict) -> list[dict]:
 # --- probes --------------------------------------------------------------------------------------------
 
 
-def pair_table(scores: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
+def probe_rows(scores: pd.DataFrame, overall: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The cells of a probe: per task where runs logged it per task (or per pair), else one cell per run.
+
+    The chance level of the pairs and the negation rates are logged per run; a run's overall figure
+    then stands as a single task, so its interval carries seed noise only.
+    """
+    if logged(scores, metric):
+        return scores[scores[metric].notna()]
+    if logged(overall, metric):
+        return overall[overall[metric].notna()].assign(task=OVERALL)
+    return scores.iloc[:0]
+
+
+def pair_table(scores: pd.DataFrame, overall: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
     """Per condition and size with counterfactual pairs: rule accuracy, chance, their paired difference."""
-    rows = []
-    if logged(scores, "pair_rule_accuracy"):
-        pairs = scores[scores["pair_rule_accuracy"].notna()]
-        for kind, condition, size, selected in _groups(pairs):
-            rows.append(_probe_row(selected, "pair_rule_accuracy", "pair_rule_chance", margin, _ABOVE_CHANCE,
-                                   kind=kind, condition=condition, size=size))  # fmt: skip
+    pairs = probe_rows(scores, overall, "pair_rule_accuracy")
+    rows = [
+        _probe_row(selected, "pair_rule_accuracy", "pair_rule_chance", margin, _ABOVE_CHANCE,
+                   kind=kind, condition=condition, size=size)
+        for kind, condition, size, selected in _groups(pairs)
+    ]  # fmt: skip
     return pd.DataFrame(rows).astype({"size": "Int64"}) if rows else pd.DataFrame()
 
 
-def negation_table(scores: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
+def negation_table(scores: pd.DataFrame, overall: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
     """Per negated condition and size: how often predictions follow the negated instruction vs the habit."""
-    rows = []
-    if logged(scores, "negation_follow_rate"):
-        negated = scores[(scores["definition"] == NEGATED) & scores["negation_follow_rate"].notna()]
-        for kind, condition, size, selected in _groups(negated):
-            rows.append(_probe_row(selected, "negation_follow_rate", "negation_habit_rate", margin, _FOLLOWS,
-                                   kind=kind, condition=condition, size=size))  # fmt: skip
+    negated = probe_rows(scores, overall, "negation_follow_rate")
+    rows = [
+        _probe_row(selected, "negation_follow_rate", "negation_habit_rate", margin, _FOLLOWS,
+                   kind=kind, condition=condition, size=size)
+        for kind, condition, size, selected in _groups(negated[negated["definition"] == NEGATED])
+    ]  # fmt: skip
     return pd.DataFrame(rows).astype({"size": "Int64"}) if rows else pd.DataFrame()
 
 
@@ -159,7 +176,7 @@ class Finding:
     pools: list[str]
 
 
-def finding(scores: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> Finding | None:
+def finding(scores: pd.DataFrame, overall: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> Finding | None:
     """The fixed comparison of the module docstring in words; None without a finished tuned run."""
     part = classification(scores)
     trials = part[(part["kind"] == TRIAL) & (part["definition"] != NEGATED)]
@@ -174,7 +191,9 @@ def finding(scores: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> Finding | N
     clauses = [_em_clause(part, tuned, size, margin, pools)]
     if logged(tuned, "label_space_rate"):
         clauses.insert(0, f"answer inside the label space {_percent(estimate_cell(tuned, 'label_space_rate'))} of the time")
-    clauses.append(_pair_clause(tuned, margin))
+    pairs = probe_rows(scores, overall, "pair_rule_accuracy")
+    tuned_pairs = pairs[(pairs["kind"] == TRIAL) & (pairs["definition"] != NEGATED) & pairs["size"].eq(size).fillna(False)]
+    clauses.append(_pair_clause(tuned_pairs, margin))
     sentence = "Tuned models " + ", ".join(clauses[:-1]) + " and " + clauses[-1] + "."
     untuned = _baseline_rows(part, size, lambda name: name.startswith("untuned"))
     if not untuned.empty:
@@ -217,8 +236,7 @@ def _em_clause(part: pd.DataFrame, tuned: pd.DataFrame, size: int, margin: float
             f"(difference {_signed(difference)}: {_THAN_GUESSING.get(decided, decided)})")  # fmt: skip
 
 
-def _pair_clause(tuned: pd.DataFrame, margin: float) -> str:
-    pairs = tuned[tuned["pair_rule_accuracy"].notna()] if "pair_rule_accuracy" in tuned else tuned.iloc[:0]
+def _pair_clause(pairs: pd.DataFrame, margin: float) -> str:
     if pairs.empty:
         return "the study has no counterfactual pairs to tell rule reading from format learning"
     accuracy, chance = _paired(pairs, "pair_rule_accuracy", "pair_rule_chance")

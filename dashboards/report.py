@@ -59,8 +59,8 @@ def build_report(
     out_dir = Path(out_dir or itstudy_home() / "reports" / store.experiment)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    scores = analysis.place_sizes(study.scores)
-    tables = _tables(scores, margin)
+    scores, overall = analysis.place_sizes(study.scores), analysis.place_sizes(study.overall)
+    tables = _tables(scores, overall, margin)
     images = _figures(tables, analysis.headline_split(scores), margin)
     for name, table in tables.items():
         table.to_csv(out_dir / f"{name}.csv", index=name == "task_differences")
@@ -68,7 +68,7 @@ def build_report(
     for name, png in images.items():
         (out_dir / f"{name}.png").write_bytes(png)
 
-    context = _context(study, scores, tables, images, margin, study_or_experiment)
+    context = _context(study, scores, overall, tables, images, margin, study_or_experiment)
     context["build_s"] = time.perf_counter() - started
     html = _template().render(**context)
     path = out_dir / "report.html"
@@ -79,7 +79,7 @@ def build_report(
     return path
 
 
-def _tables(scores: pd.DataFrame, margin: float) -> dict[str, pd.DataFrame]:
+def _tables(scores: pd.DataFrame, overall: pd.DataFrame, margin: float) -> dict[str, pd.DataFrame]:
     if scores.empty:
         return {}
     tables = {
@@ -87,8 +87,8 @@ def _tables(scores: pd.DataFrame, margin: float) -> dict[str, pd.DataFrame]:
         "verdicts": analysis.verdict_table(scores, margin),
         "task_differences": analysis.task_differences(scores),
         "format_table": learned.format_table(scores),
-        "pair_probe": learned.pair_table(scores, margin),
-        "negation_probe": learned.negation_table(scores, margin),
+        "pair_probe": learned.pair_table(scores, overall, margin),
+        "negation_probe": learned.negation_table(scores, overall, margin),
     }
     return {name: table for name, table in tables.items() if not table.empty or name in _ALWAYS_WRITTEN}
 
@@ -115,14 +115,14 @@ def _template() -> jinja2.Template:
 # --- what the template shows ------------------------------------------------------------------------
 
 
-def _context(study: StudyRuns, scores, tables, images, margin: float, target: str) -> dict:
+def _context(study: StudyRuns, scores, overall, tables, images, margin: float, target: str) -> dict:
     verdicts = tables.get("verdicts", pd.DataFrame())
     return {
         "experiment": study.experiment,
         "target": target,
         "description": param(study.sweep, "params.description", ""),
         "answer": analysis.answer(verdicts, scores) if not verdicts.empty else [],
-        "finding": learned.finding(scores, margin) if not scores.empty else None,
+        "finding": learned.finding(scores, overall, margin) if not scores.empty else None,
         "format": _format_sections(tables.get("format_table", pd.DataFrame())),
         "pairs": _probe_rows(tables.get("pair_probe", pd.DataFrame())),
         "negation": _probe_rows(tables.get("negation_probe", pd.DataFrame())),

@@ -64,6 +64,8 @@ class StudyRuns:
     """One row per (finished run, test task): run columns + task, category, is_classification, SCORES, PROBES."""
     missing: list[str]
     """Trial keys the sweep planned that have no run at all."""
+    overall: pd.DataFrame
+    """One row per finished run: run columns + its overall PROBES (for probes logged per run only)."""
     other_sweeps: list[str]
     scratch: Path
     """Where artifacts are downloaded to be read (the caller's temporary folder)."""
@@ -87,7 +89,7 @@ def read_study(uri: str, experiment: str, scratch: Path, config_digest: str | No
     every_run = load_runs(uri, experiment)
     if every_run.empty:
         raise ReportError(f"MLflow experiment {experiment!r} at {uri} has no runs; run the study first (itstudy run FILE)")
-    study = StudyRuns(experiment, experiment_id, uri, None, pd.DataFrame(), pd.DataFrame(), [], [], scratch)
+    study = StudyRuns(experiment, experiment_id, uri, None, pd.DataFrame(), pd.DataFrame(), [], pd.DataFrame(), [], scratch)
     study.sweep, study.other_sweeps = _choose_sweep(every_run, config_digest, study.notes)
     members = _members(every_run, study.sweep)
     if members.empty:
@@ -96,6 +98,7 @@ def read_study(uri: str, experiment: str, scratch: Path, config_digest: str | No
     digests = run_dataset_digests(uri, experiment)
     study.runs["data_digest"] = [digests.get(run_id, "") for run_id in study.runs["run_id"]]
     study.scores = _scores(study, members.set_index("run_id"))
+    study.overall = _overall(study.runs, members.set_index("run_id"))
     study.missing = _never_started(study)
     study.files = _experiment_files(study)
     _read_errors(study)
@@ -206,6 +209,15 @@ def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
         frames.append(frame.dropna(subset=list(SCORES), how="all"))
     columns = ["task", "category", "is_classification", *study.runs.columns, *SCORES, *PROBES]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _overall(runs: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
+    """Each finished run's overall PROBES (NaN where not logged), beside its run columns."""
+    finished = runs[runs["status"] == FINISHED].reset_index(drop=True)
+    for metric in PROBES:
+        column = f"metrics.{metric}"
+        finished[metric] = pd.to_numeric(members[column].reindex(finished["run_id"]).to_numpy()) if column in members else float("nan")
+    return finished
 
 
 def _task_table(study: StudyRuns, run: pd.Series) -> pd.DataFrame:

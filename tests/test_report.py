@@ -170,9 +170,10 @@ def _task_metrics_csv(tasks: list[FixtureTask], values: dict) -> str:
     return pd.DataFrame(rows).to_csv(index=False)
 
 
-# A study with the probe metrics: tuned models answer in the label space about 95% of the time,
-# rank EM 3 points above EM, rule accuracy on pairs near its 50% chance level; a negated variant
-# follows its habit; model-free baselines always answer a label.
+# A study with the probe metrics, logged as `itstudy.metrics` logs them: tuned models answer in the
+# label space about 95% of the time, rank EM 3 points above EM, rule accuracy on pairs (per pair,
+# under its first task) near the 50% chance level (per run only); a negated variant follows its
+# habit (negation rates per run only); model-free baselines always answer a label.
 PROBE_VARIANTS = {**{name: VARIANTS[name] for name in list(VARIANTS)[:2]}, "def-negated+ex-original": ("negated", "original", 0.0)}
 PAIRED_TASKS = 4
 """The first classification tasks have a counterfactual partner."""
@@ -180,11 +181,11 @@ PAIRED_TASKS = 4
 
 def _probe_values(tasks, values, kind, definition, rng) -> dict[str, dict[str, float]]:
     classification = [t.name for t in tasks if t.is_classification and t.name in values]
+    pairs = {"pair_rule_accuracy": {task: float(50 + rng.normal(0, 3)) for task in classification[:PAIRED_TASKS]}}
     if kind == "baseline":
-        return {"label_space_rate": {task: 100.0 for task in classification}}
-    probes = {"label_space_rate": {task: float(rng.uniform(90, 100)) for task in classification},
-              "rank_exact_match": {task: values[task][0] + 3.0 for task in classification},
-              "pair_rule_accuracy": {task: float(50 + rng.normal(0, 3)) for task in classification[:PAIRED_TASKS]}}
+        return {"label_space_rate": {task: 100.0 for task in classification}, **pairs}
+    probes = {**pairs, "label_space_rate": {task: float(rng.uniform(90, 100)) for task in classification},
+              "rank_exact_match": {task: values[task][0] + 3.0 for task in classification}}
     if definition == "negated":
         probes["negation_follow_rate"] = {task: float(20 + rng.normal(0, 2)) for task in classification}
         probes["negation_habit_rate"] = {task: float(75 + rng.normal(0, 2)) for task in classification}
@@ -192,8 +193,9 @@ def _probe_values(tasks, values, kind, definition, rng) -> dict[str, dict[str, f
 
 
 def _probe_metrics(probes: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Per task `<metric>_for_<task>` and overall, as runs log them; the pairs' chance level only overall."""
-    metrics = {f"{metric}_for_{task}": value for metric, per_task in probes.items() for task, value in per_task.items()}
+    """Overall and per task `<metric>_for_<task>`, as runs log them; the chance level and negation rates only overall."""
+    metrics = {f"{metric}_for_{task}": value for metric, per_task in probes.items() for task, value in per_task.items()
+               if not metric.startswith("negation_")}  # fmt: skip
     metrics.update({metric: float(np.mean(list(per_task.values()))) for metric, per_task in probes.items()})
     if "pair_rule_accuracy" in probes:
         metrics["pair_rule_chance"] = 50.0
@@ -433,14 +435,16 @@ def test_format_table_equals_the_logged_per_task_metrics(probe_study, probe_repo
 
 def test_pair_and_negation_probes_equal_the_logged_values(probe_study, probe_report):
     pairs = pd.read_csv(probe_report.parent / "pair_probe.csv")
-    assert set(pairs["condition"]) == set(PROBE_VARIANTS)  # the baselines have no pairs
+    assert set(pairs["condition"]) == {*PROBE_VARIANTS, "random", "majority"}
     for row in pairs.itertuples():
-        keys = [key for key in probe_study.probes if key[:3] == ("trial", row.condition, row.size)]
+        size = None if pd.isna(row.size) else int(row.size)
+        keys = [key for key in probe_study.probes if key[:3] == (row.kind, row.condition, size)]
         accuracy = np.mean([v for key in keys for v in _logged(probe_study, key, "pair_rule_accuracy").values()])
         assert row.difference == pytest.approx(accuracy - 50.0)
         assert row.pair_rule_accuracy.startswith(f"{accuracy:.1f} [")
         assert row.pair_rule_chance == "50.0 [50.0, 50.0]"  # logged once per run, it stands for each pair
         assert (row.n_tasks, row.n_seeds) == (PAIRED_TASKS, 2)
+    # Negation rates are logged per run: each run's figure is one cell, the interval is over seeds.
     negation = pd.read_csv(probe_report.parent / "negation_probe.csv")
     assert set(negation["condition"]) == {"def-negated+ex-original"} and set(negation["size"]) == {10, 40}
     for row in negation.itertuples():
@@ -448,6 +452,7 @@ def test_pair_and_negation_probes_equal_the_logged_values(probe_study, probe_rep
         follow = np.mean([v for k in key for v in _logged(probe_study, k, "negation_follow_rate").values()])
         habit = np.mean([v for k in key for v in _logged(probe_study, k, "negation_habit_rate").values()])
         assert row.difference == pytest.approx(follow - habit)
+        assert (row.n_tasks, row.n_seeds) == (1, 2)
     assert set(negation["verdict"]) == {"follows the habit"}
     html = probe_report.read_text()
     assert 'id="pair-table"' in html and 'id="negation-table"' in html
@@ -470,9 +475,10 @@ def test_finding_states_the_logged_numbers_and_changes_with_them(probe_study, pr
     assert "of the time against 50.0% by chance (difference " in sentence
     assert "at n = 40 per task" in probe_report.read_text()
     with tempfile.TemporaryDirectory() as scratch:
-        scores = analysis.place_sizes(read_study(probe_study.uri, "probes", Path(scratch)).scores)
-    assert learned.finding(scores).sentence == sentence
-    shifted = learned.finding(scores.assign(label_space_rate=scores["label_space_rate"] - 10)).sentence
+        study = read_study(probe_study.uri, "probes", Path(scratch))
+    scores, overall = analysis.place_sizes(study.scores), analysis.place_sizes(study.overall)
+    assert learned.finding(scores, overall).sentence == sentence
+    shifted = learned.finding(scores.assign(label_space_rate=scores["label_space_rate"] - 10), overall).sentence
     assert f"label space {pooled['label_space_rate'] - 10:.1f}% [" in shifted and shifted != sentence
 
 
