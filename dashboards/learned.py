@@ -2,7 +2,8 @@
 
 Kung & Peng ask whether instruction-tuned models read instructions or only learn the output
 format. This module answers from `StudyRuns.scores` on the classification tasks (the only ones
-with a label space), with the statistics of `itstudy.stats`:
+with a label space), and from `StudyRuns.overall` for probes that runs log per run only (the
+negation rates, the pairs' chance level), with the statistics of `itstudy.stats`:
 
 - format table: per condition and size, generation EM, rank-classification EM and the share of
   predictions inside the task's label space, mean [95% CI], overall and per category; per task

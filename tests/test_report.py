@@ -480,6 +480,12 @@ def test_finding_states_the_logged_numbers_and_changes_with_them(probe_study, pr
     assert learned.finding(scores, overall).sentence == sentence
     shifted = learned.finding(scores.assign(label_space_rate=scores["label_space_rate"] - 10), overall).sentence
     assert f"label space {pooled['label_space_rate'] - 10:.1f}% [" in shifted and shifted != sentence
+    # The untuned model, when the study has it, is stated after the tuned ones, pooled over its prompts.
+    untuned = scores[scores["condition"] == "random"].assign(condition="untuned (def-original+ex-original)",
+                                                             exact_match=0.0, label_space_rate=20.0)  # fmt: skip
+    stated = learned.finding(pd.concat([scores, untuned]), overall)
+    assert stated.sentence.endswith("The untuned model scores 0.0 [0.0, 0.0] EM and answers inside the label space 20.0% of the time.")
+    assert stated.pools[-1] == "Untuned: untuned (def-original+ex-original), pooled the same way."
 
 
 def test_without_probe_metrics_the_sections_say_so_and_nothing_is_empty(fixture_report):
