@@ -5,8 +5,9 @@
 Writes into one folder (default `$ITSTUDY_HOME/reports/<experiment>/`):
 - `report.html`, self-contained (figures embedded as base64 PNG): what was learned (the finding
   in one sentence, EM beside rank EM and the label-space rate, the pair and negation probes), the
-  answer in sentences, the verdict table, the paper-style table per task split, the data-size curve, the per-task
-  differences, provenance (experiment file, code version, data digests, model, runs, failures);
+  answer in sentences, the verdict table, the paper-style table per task split, the data-size
+  curve, the per-task differences, provenance (experiment file, code version, data digests,
+  model, runs, failures);
 - the figures as PNG files and the tables as CSV files (`paper_table.csv`, `verdicts.csv`,
   `task_differences.csv`, `runs.csv`, and when their metrics were logged `format_table.csv`,
   `pair_probe.csv`, `negation_probe.csv`);

@@ -42,7 +42,7 @@ PROBES = (
     "negation_follow_rate",
     "negation_habit_rate",
 )
-"""Per-task metrics that only some runs have (newer runs, counterfactual pairs, negated variants): NaN elsewhere."""
+"""Metrics only some runs have (newer runs, counterfactual pairs, negated variants), per task or per run; NaN elsewhere."""
 
 
 class ReportError(ConfigError):
