@@ -659,6 +659,10 @@ def test_report_of_a_real_sweep_matches_its_runs(real_study, tmp_path):
     assert {"variant vs reference", "best tuned vs baseline"} == set(verdicts["question"])
     html = path.read_text()
     assert "report-real.yaml" in html and "8 trials, 4 baselines" in html and "12 finished" in html
+    # The finding pools both definitions at the largest size against the random baseline.
+    assert _finding(html).startswith("Tuned models ") and "for random guessing (difference " in _finding(html)
+    assert "(def-original+ex-original, def-simplified+ex-original) at n = 10 per task" in html
+    assert set(pd.read_csv(path.parent / "format_table.csv")["level"]) == {"overall", "category", "task"}
     parent = load_runs(real_study.tracking_uri, real_study.experiment)
     parent_id = parent.loc[parent["tags.itstudy.kind"] == "sweep", "run_id"].iloc[0]
     assert "report/report.html" in list_artifacts(real_study.tracking_uri, parent_id, "report")
