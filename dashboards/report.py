@@ -213,7 +213,8 @@ def _format_sections(table: pd.DataFrame) -> dict:
             rows.append({"group": group, "kind": kind, "condition": condition, "size": "any" if pd.isna(size) else int(size),
                          "values": values, "detail": f"{int(first['n_tasks'])} tasks × {int(first['n_seeds'])} seeds"})  # fmt: skip
         sections[level] = rows
-    return {"headers": [learned.LABEL[metric] for metric in metrics], **sections}
+    missing = [learned.LABEL[metric] for metric in learned.FORMAT_METRICS if metric not in metrics]
+    return {"headers": [learned.LABEL[metric] for metric in metrics], "missing": missing, **sections}
 
 
 def _probe_rows(table: pd.DataFrame) -> list[dict]:

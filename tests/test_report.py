@@ -494,6 +494,7 @@ def test_without_probe_metrics_the_sections_say_so_and_nothing_is_empty(fixture_
     assert sentence.startswith("Tuned models score ") and "the study has no counterfactual pairs" in sentence
     assert "No run logged <code>pair_rule_accuracy</code>" in html and "No run with a negated definition" in html
     assert 'id="pair-table"' not in html and 'id="negation-table"' not in html
+    assert "Logged by no run of this study (runs older than these metrics): rank EM, in label space (%)." in html
     table = pd.read_csv(fixture_report.parent / "format_table.csv")
     assert set(table["metric"]) == {"exact_match"} and not table.empty
     assert not (fixture_report.parent / "pair_probe.csv").exists()
