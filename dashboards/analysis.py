@@ -1,7 +1,7 @@
 """The study's question answered with numbers: the paper table, the verdicts, the per-task differences.
 
 Input: `StudyRuns.scores`, one row per finished run and test task. Output: plain DataFrames that
-the report renders as HTML tables, CSV files and figures. Statistics are `dashboards.stats`.
+the report renders as HTML tables, CSV files and figures. Statistics are `itstudy.stats`.
 
 - Splits: all test tasks, classification tasks, generation tasks (as each run's
   task_metrics.csv classifies them). Headline metric per split: EM on all and on classification
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards.runs import BASELINE, TRIAL
-from dashboards.stats import DEFAULT_MARGIN, Estimate, estimate, paired_difference, verdict
+from itstudy.stats import DEFAULT_MARGIN, Estimate, estimate, paired_difference, verdict
 
 SPLITS = ("all", "classification", "generation")
 HEADLINE = {"all": "exact_match", "classification": "exact_match", "generation": "rougeL"}

@@ -3,11 +3,14 @@
     path = build_report("experiments/demo.yaml")      # or a study name; prints nothing, returns report.html
 
 Writes into one folder (default `$ITSTUDY_HOME/reports/<experiment>/`):
-- `report.html`, self-contained (figures embedded as base64 PNG): the answer in sentences, the
-  verdict table, the paper-style table per task split, the data-size curve, the per-task
-  differences, provenance (experiment file, code version, data digests, model, runs, failures);
+- `report.html`, self-contained (figures embedded as base64 PNG): what was learned (the finding
+  in one sentence, EM beside rank EM and the label-space rate, the pair and negation probes), the
+  answer in sentences, the verdict table, the paper-style table per task split, the data-size
+  curve, the per-task differences, provenance (experiment file, code version, data digests,
+  model, runs, failures);
 - the figures as PNG files and the tables as CSV files (`paper_table.csv`, `verdicts.csv`,
-  `task_differences.csv`, `runs.csv`);
+  `task_differences.csv`, `runs.csv`, and when their metrics were logged `format_table.csv`,
+  `pair_probe.csv`, `negation_probe.csv`);
 and logs the folder as the `report/` artifacts of the sweep's parent run.
 
 Failed, missing and duplicated runs are reported in the report, never raised; a study without a
@@ -28,9 +31,9 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from dashboards import analysis, figures
+from dashboards import analysis, figures, learned
 from dashboards.runs import BASELINE, FINISHED, TRIAL, StudyRuns, param, read_study
-from dashboards.stats import DEFAULT_MARGIN, METHOD
+from itstudy.stats import DEFAULT_MARGIN, METHOD
 from itstudy.paths import itstudy_home
 from itstudy.provenance import VERSIONED_PACKAGES
 from itstudy.tracking import RunLogger, study_store
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 ARTIFACT_DIR = "report"
+_ALWAYS_WRITTEN = ("paper_table", "verdicts", "task_differences")
+"""Tables written even when empty; the probes' tables only when their metrics were logged."""
 
 
 def build_report(
@@ -55,8 +60,8 @@ def build_report(
     out_dir = Path(out_dir or itstudy_home() / "reports" / store.experiment)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    scores = analysis.place_sizes(study.scores)
-    tables = _tables(scores, margin)
+    scores, overall = analysis.place_sizes(study.scores), analysis.place_sizes(study.overall)
+    tables = _tables(scores, overall, margin)
     images = _figures(tables, analysis.headline_split(scores), margin)
     for name, table in tables.items():
         table.to_csv(out_dir / f"{name}.csv", index=name == "task_differences")
@@ -64,7 +69,7 @@ def build_report(
     for name, png in images.items():
         (out_dir / f"{name}.png").write_bytes(png)
 
-    context = _context(study, scores, tables, images, margin, study_or_experiment)
+    context = _context(study, scores, overall, tables, images, margin, study_or_experiment)
     context["build_s"] = time.perf_counter() - started
     html = _template().render(**context)
     path = out_dir / "report.html"
@@ -75,14 +80,18 @@ def build_report(
     return path
 
 
-def _tables(scores: pd.DataFrame, margin: float) -> dict[str, pd.DataFrame]:
+def _tables(scores: pd.DataFrame, overall: pd.DataFrame, margin: float) -> dict[str, pd.DataFrame]:
     if scores.empty:
         return {}
-    return {
+    tables = {
         "paper_table": analysis.paper_table(scores),
         "verdicts": analysis.verdict_table(scores, margin),
         "task_differences": analysis.task_differences(scores),
+        "format_table": learned.format_table(scores),
+        "pair_probe": learned.pair_table(scores, overall, margin),
+        "negation_probe": learned.negation_table(scores, overall, margin),
     }
+    return {name: table for name, table in tables.items() if not table.empty or name in _ALWAYS_WRITTEN}
 
 
 def _figures(tables: dict[str, pd.DataFrame], headline_split: str, margin: float) -> dict[str, bytes]:
@@ -107,13 +116,17 @@ def _template() -> jinja2.Template:
 # --- what the template shows ------------------------------------------------------------------------
 
 
-def _context(study: StudyRuns, scores, tables, images, margin: float, target: str) -> dict:
+def _context(study: StudyRuns, scores, overall, tables, images, margin: float, target: str) -> dict:
     verdicts = tables.get("verdicts", pd.DataFrame())
     return {
         "experiment": study.experiment,
         "target": target,
         "description": param(study.sweep, "params.description", ""),
         "answer": analysis.answer(verdicts, scores) if not verdicts.empty else [],
+        "finding": learned.finding(scores, overall, margin) if not scores.empty else None,
+        "format": _format_sections(tables.get("format_table", pd.DataFrame())),
+        "pairs": _probe_rows(tables.get("pair_probe", pd.DataFrame())),
+        "negation": _probe_rows(tables.get("negation_probe", pd.DataFrame())),
         "headline_split": analysis.headline_split(scores),
         "margin": margin,
         "method": METHOD,
@@ -181,6 +194,35 @@ def _cell(rows: pd.DataFrame | None) -> dict:
         "rl": _interval(rl["mean"], rl["ci_low"], rl["ci_high"]),
         "detail": f"{int(em['n_tasks'])} tasks × {int(em['n_seeds'])} seeds, {spread}",
     }
+
+
+def _format_sections(table: pd.DataFrame) -> dict:
+    """The format table for the template: metric headers, overall rows, and rows per category."""
+    if table.empty:
+        return {}
+    metrics = [metric for metric in learned.FORMAT_METRICS if metric in set(table["metric"])]
+    sections = {}
+    for level in ("overall", "category"):
+        part = table[table["level"] == level].sort_values("group", kind="stable")  # categories one after another
+        rows = []
+        for (group, kind, condition, size), cells in part.groupby(["group", "kind", "condition", "size"], sort=False, dropna=False):
+            by_metric = cells.set_index("metric")
+            values = [_interval(*by_metric.loc[m, ["mean", "ci_low", "ci_high"]]) if m in by_metric.index else "not logged"
+                      for m in metrics]  # fmt: skip
+            first = cells.iloc[0]
+            rows.append({"group": group, "kind": kind, "condition": condition, "size": "any" if pd.isna(size) else int(size),
+                         "values": values, "detail": f"{int(first['n_tasks'])} tasks × {int(first['n_seeds'])} seeds"})  # fmt: skip
+        sections[level] = rows
+    missing = [learned.LABEL[metric] for metric in learned.FORMAT_METRICS if metric not in metrics]
+    return {"headers": [learned.LABEL[metric] for metric in metrics], "missing": missing, **sections}
+
+
+def _probe_rows(table: pd.DataFrame) -> list[dict]:
+    return [
+        {**row, "size": "any" if pd.isna(row["size"]) else int(row["size"]),
+         "interval": _interval(row["difference"], row["ci_low"], row["ci_high"], signed=True)}
+        for row in table.to_dict("records")
+    ]  # fmt: skip
 
 
 def _provenance(study: StudyRuns) -> list[tuple[str, str]]:

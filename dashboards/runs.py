@@ -32,6 +32,17 @@ _KIND_OF_TAG = {"trial": TRIAL, "train": TRIAL, "baseline": BASELINE}
 # Axes every trial is already placed by (variant, data size, seed); other grid axes name conditions.
 _PLACED_AXES = ("variant.", "data.instances_per_task", "seed")
 _ERRORS_READ = 10
+SCORES = ("exact_match", "rougeL")
+"""Per-task metrics every scored run has."""
+PROBES = (
+    "label_space_rate",
+    "rank_exact_match",
+    "pair_rule_accuracy",
+    "pair_rule_chance",
+    "negation_follow_rate",
+    "negation_habit_rate",
+)
+"""Metrics only some runs have (newer runs, counterfactual pairs, negated variants), per task or per run; NaN elsewhere."""
 
 
 class ReportError(ConfigError):
@@ -50,9 +61,11 @@ class StudyRuns:
     runs: pd.DataFrame
     """The sweep's trial and baseline runs: run_id, name, status, kind, condition, variant, size, seed, ..."""
     scores: pd.DataFrame
-    """One row per (finished run, test task): run columns + task, category, is_classification, exact_match, rougeL."""
+    """One row per (finished run, test task): run columns + task, category, is_classification, SCORES, PROBES."""
     missing: list[str]
     """Trial keys the sweep planned that have no run at all."""
+    overall: pd.DataFrame
+    """One row per finished run: run columns + its overall PROBES (for probes logged per run only)."""
     other_sweeps: list[str]
     scratch: Path
     """Where artifacts are downloaded to be read (the caller's temporary folder)."""
@@ -76,7 +89,7 @@ def read_study(uri: str, experiment: str, scratch: Path, config_digest: str | No
     every_run = load_runs(uri, experiment)
     if every_run.empty:
         raise ReportError(f"MLflow experiment {experiment!r} at {uri} has no runs; run the study first (itstudy run FILE)")
-    study = StudyRuns(experiment, experiment_id, uri, None, pd.DataFrame(), pd.DataFrame(), [], [], scratch)
+    study = StudyRuns(experiment, experiment_id, uri, None, pd.DataFrame(), pd.DataFrame(), [], pd.DataFrame(), [], scratch)
     study.sweep, study.other_sweeps = _choose_sweep(every_run, config_digest, study.notes)
     members = _members(every_run, study.sweep)
     if members.empty:
@@ -85,6 +98,7 @@ def read_study(uri: str, experiment: str, scratch: Path, config_digest: str | No
     digests = run_dataset_digests(uri, experiment)
     study.runs["data_digest"] = [digests.get(run_id, "") for run_id in study.runs["run_id"]]
     study.scores = _scores(study, members.set_index("run_id"))
+    study.overall = _overall(study.runs, members.set_index("run_id"))
     study.missing = _never_started(study)
     study.files = _experiment_files(study)
     _read_errors(study)
@@ -169,10 +183,11 @@ def _deduplicate(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 
 def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
-    """Per-task EM and ROUGE-L of every finished run, read from its `<metric>_for_<task>` metrics.
+    """Per-task SCORES and PROBES of every finished run, read from its `<metric>_for_<task>` metrics.
 
     Categories are logged under the same `_for_` prefix, so the task list comes from the run's
     task_metrics.csv; it is read once per distinct set of metric names (usually once per study).
+    A pair's chance level logged once per run (`pair_rule_chance`) stands for each of its pairs.
     """
     frames = []
     tasks_by_metrics: dict[frozenset[str], pd.DataFrame] = {}
@@ -186,11 +201,23 @@ def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
             study.notes.append(f"Run {run['name']} has no readable task_metrics.csv: its per-task results are left out.")
             continue
         frame = tasks.assign(**run.to_dict())
-        for metric in ("exact_match", "rougeL"):
+        for metric in (*SCORES, *PROBES):
             frame[metric] = pd.to_numeric([metrics.get(f"metrics.{metric}_for_{task}") for task in tasks["task"]])
-        frames.append(frame.dropna(subset=["exact_match", "rougeL"], how="all"))
-    columns = ["task", "category", "is_classification", *study.runs.columns, "exact_match", "rougeL"]
+        if frame["pair_rule_chance"].isna().all():
+            chance = float(metrics.get("metrics.pair_rule_chance", float("nan")))
+            frame["pair_rule_chance"] = frame["pair_rule_accuracy"].where(frame["pair_rule_accuracy"].isna(), chance)
+        frames.append(frame.dropna(subset=list(SCORES), how="all"))
+    columns = ["task", "category", "is_classification", *study.runs.columns, *SCORES, *PROBES]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _overall(runs: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
+    """Each finished run's overall PROBES (NaN where not logged), beside its run columns."""
+    finished = runs[runs["status"] == FINISHED].reset_index(drop=True)
+    for metric in PROBES:
+        column = f"metrics.{metric}"
+        finished[metric] = pd.to_numeric(members[column].reindex(finished["run_id"]).to_numpy()) if column in members else float("nan")
+    return finished
 
 
 def _task_table(study: StudyRuns, run: pd.Series) -> pd.DataFrame:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import math
 import re
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import pytest
 
 from dashboards.report import build_report
 from dashboards.runs import ReportError
-from dashboards.stats import DEFAULT_MARGIN, estimate, paired_difference, verdict
+from itstudy.stats import DEFAULT_MARGIN, estimate, paired_difference, verdict
 from itstudy.config import ConfigError
 from itstudy.tracking import RunLogger, create_run, download_artifact, ensure_experiment, list_artifacts, load_runs
 
@@ -129,6 +130,8 @@ class FixtureStudy:
     values: dict
     """(kind, condition, size or None, seed) -> {task: (exact_match, rougeL)}; what was logged."""
     tasks: list[FixtureTask]
+    probes: dict = field(default_factory=dict)
+    """(kind, condition, size or None, seed) -> {metric: {task: value}}; the probe metrics logged."""
 
 
 # Variant -> (definition, examples, shift of its score in points): simplified is as good as the
@@ -167,7 +170,39 @@ def _task_metrics_csv(tasks: list[FixtureTask], values: dict) -> str:
     return pd.DataFrame(rows).to_csv(index=False)
 
 
-def _log_child(uri, experiment_id, parent_id, name, tags, tasks, values, status="FINISHED") -> None:
+# A study with the probe metrics, logged as `itstudy.metrics` logs them: tuned models answer in the
+# label space about 95% of the time, rank EM 3 points above EM, rule accuracy on pairs (per pair,
+# under its first task) near the 50% chance level (per run only); a negated variant follows its
+# habit (negation rates per run only); model-free baselines always answer a label.
+PROBE_VARIANTS = {**{name: VARIANTS[name] for name in list(VARIANTS)[:2]}, "def-negated+ex-original": ("negated", "original", 0.0)}
+PAIRED_TASKS = 4
+"""The first classification tasks have a counterfactual partner."""
+
+
+def _probe_values(tasks, values, kind, definition, rng) -> dict[str, dict[str, float]]:
+    classification = [t.name for t in tasks if t.is_classification and t.name in values]
+    pairs = {"pair_rule_accuracy": {task: float(50 + rng.normal(0, 3)) for task in classification[:PAIRED_TASKS]}}
+    if kind == "baseline":
+        return {"label_space_rate": {task: 100.0 for task in classification}, **pairs}
+    probes = {**pairs, "label_space_rate": {task: float(rng.uniform(90, 100)) for task in classification},
+              "rank_exact_match": {task: values[task][0] + 3.0 for task in classification}}
+    if definition == "negated":
+        probes["negation_follow_rate"] = {task: float(20 + rng.normal(0, 2)) for task in classification}
+        probes["negation_habit_rate"] = {task: float(75 + rng.normal(0, 2)) for task in classification}
+    return probes  # fmt: skip
+
+
+def _probe_metrics(probes: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Overall and per task `<metric>_for_<task>`, as runs log them; the chance level and negation rates only overall."""
+    metrics = {f"{metric}_for_{task}": value for metric, per_task in probes.items() for task, value in per_task.items()
+               if not metric.startswith("negation_")}  # fmt: skip
+    metrics.update({metric: float(np.mean(list(per_task.values()))) for metric, per_task in probes.items()})
+    if "pair_rule_accuracy" in probes:
+        metrics["pair_rule_chance"] = 50.0
+    return metrics
+
+
+def _log_child(uri, experiment_id, parent_id, name, tags, tasks, values, status="FINISHED", probes=None) -> None:
     run_id = create_run(uri, experiment_id, name, {**tags, "itstudy.trial_key": name}, parent_run_id=parent_id)
     logger = RunLogger(uri, run_id)
     if status == "FINISHED":
@@ -176,6 +211,7 @@ def _log_child(uri, experiment_id, parent_id, name, tags, tasks, values, status=
         metrics["exact_match"] = float(np.mean([pair[0] for pair in pooled]))
         for category in CATEGORIES:  # logged under the same `_for_` prefix as tasks, as metrics.aggregate does
             metrics[f"exact_match_for_{category}"] = 12.345
+        metrics.update(_probe_metrics(probes or {}))
         logger.log_metrics(metrics, step=5)
         logger.log_text(_task_metrics_csv(tasks, values), "task_metrics.csv")
         logger.log_dataset(f"digest-{name}", "fixture", name="fixture", n_instances=100)
@@ -194,8 +230,9 @@ def write_fixture_study(
     generation: int = 4,
     failed: str | None = None,
     never_started: str | None = None,
+    probes: bool = False,
 ) -> FixtureStudy:
-    """A sweep's parent run with trial and baseline children; returns what was logged."""
+    """A sweep's parent run with trial and baseline children; returns what was logged (`probes`: with the probe metrics)."""
     tasks = fixture_tasks(classification, generation)
     experiment_id = ensure_experiment(uri, experiment)
     parent_id = create_run(uri, experiment_id, f"{experiment}-sweep", {"itstudy.kind": "sweep", "itstudy.study": experiment,
@@ -205,8 +242,8 @@ def write_fixture_study(
                        "env": {"git_commit": "0123abcd", "git_dirty": "false"},
                        "grid": {"variant.definition": ["original", "simplified"], "seed": list(seeds)}})
     parent.log_text("name: fixture\n", "experiment/fixture.yaml")
-    planned, values = [], {}
-    rng = np.random.default_rng(0)
+    planned, values, logged_probes = [], {}, {}
+    rng, probe_rng = np.random.default_rng(0), np.random.default_rng(1)
     for variant, (definition, examples, shift) in variants.items():
         for size in sizes:
             for seed in seeds:
@@ -216,20 +253,24 @@ def write_fixture_study(
                         "itstudy.examples": examples, "itstudy.instances_per_task": size, "itstudy.seed": seed}
                 status = "FAILED" if key == failed else "FINISHED"
                 logged = _trial_values(tasks, shift, size, seed, rng)
-                _log_child(uri, experiment_id, parent_id, key, tags, tasks, logged, status)
+                extra = _probe_values(tasks, logged, "trial", definition, probe_rng) if probes else {}
+                _log_child(uri, experiment_id, parent_id, key, tags, tasks, logged, status, extra)
                 if status == "FINISHED":
                     values[("trial", variant, size, seed)] = logged
+                    logged_probes[("trial", variant, size, seed)] = extra
     for name in ("random", "majority"):
         for seed in seeds:
             logged = _baseline_values(tasks, name, seed, rng)
             tags = {"itstudy.kind": "baseline", "itstudy.baseline": name, "itstudy.seed": seed}
-            _log_child(uri, experiment_id, parent_id, f"baseline-{name}-s{seed}", tags, tasks, logged)
+            extra = _probe_values(tasks, logged, "baseline", "", probe_rng) if probes else {}
+            _log_child(uri, experiment_id, parent_id, f"baseline-{name}-s{seed}", tags, tasks, logged, probes=extra)
             values[("baseline", name, None, seed)] = logged
+            logged_probes[("baseline", name, None, seed)] = extra
     if never_started:
         planned.append({"key": never_started, "kind": "trial"})
     parent.log_dict_yaml(planned, "trials.yaml")
     parent.end("FAILED" if failed else "FINISHED")
-    return FixtureStudy(uri, experiment, parent_id, values, tasks)
+    return FixtureStudy(uri, experiment, parent_id, values, tasks, logged_probes)
 
 
 def expected_mean(study: FixtureStudy, kind, condition, size, split, metric) -> tuple[float, int, int]:
@@ -345,6 +386,118 @@ def test_task_differences_are_sorted_and_match_the_logged_values(fixture_study, 
     ])  # fmt: skip
     assert differences.loc[task.name, column] == pytest.approx(expected)
     assert differences.loc[task.name, "metric"] == "EM"
+
+
+# --- what was learned: the format metrics, the probes, the finding -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probe_study(tmp_path_factory) -> FixtureStudy:
+    folder = tmp_path_factory.mktemp("probe-store")
+    return write_fixture_study(f"sqlite:///{folder / 'mlflow.db'}", "probes", PROBE_VARIANTS, seeds=(1, 2),
+                               classification=6, generation=2, probes=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def probe_report(probe_study, tmp_path_factory) -> Path:
+    return build_report("probes", tracking_uri=probe_study.uri, out_dir=tmp_path_factory.mktemp("probe-report"))
+
+
+def _logged(study: FixtureStudy, key: tuple, metric: str) -> dict[str, float]:
+    """task -> value of one metric of one run, as the fixture logged it (classification tasks only)."""
+    classification = {t.name for t in study.tasks if t.is_classification}
+    values = {task: pair[0] for task, pair in study.values[key].items()} if metric == "exact_match" else study.probes[key].get(metric, {})
+    return {task: value for task, value in values.items() if task in classification}
+
+
+def _finding(html: str) -> str:
+    return re.search(r'<p id="finding"><strong>(.*?)</strong></p>', html).group(1)
+
+
+def test_format_table_equals_the_logged_per_task_metrics(probe_study, probe_report):
+    table = pd.read_csv(probe_report.parent / "format_table.csv")
+    assert set(table["metric"]) == {"exact_match", "rank_exact_match", "label_space_rate"}
+    assert set(table["level"]) == {"overall", "category", "task"}
+    category = {t.name: t.category for t in probe_study.tasks}
+    for row in table.itertuples():
+        size = None if pd.isna(row.size) else int(row.size)
+        cells = [(task, key[3], value) for key in probe_study.values if key[:3] == (row.kind, row.condition, size)
+                 for task, value in _logged(probe_study, key, row.metric).items()
+                 if row.level == "overall" or row.group in (task, category[task])]  # fmt: skip
+        assert row.mean == pytest.approx(np.mean([value for *_, value in cells])), row
+        assert (row.n_tasks, row.n_seeds) == (len({c[0] for c in cells}), len({c[1] for c in cells})), row
+    # Model-free baselines log no rank EM: no row for it, rather than a zero; the HTML says so.
+    assert table[(table["kind"] == "baseline") & (table["metric"] == "rank_exact_match")].empty
+    html = probe_report.read_text()
+    format_html = html[html.index('id="format-table"'):html.index("per category")]
+    assert "<th>EM</th><th>rank EM</th><th>in label space (%)</th>" in format_html and "not logged" in format_html
+
+
+def test_pair_and_negation_probes_equal_the_logged_values(probe_study, probe_report):
+    pairs = pd.read_csv(probe_report.parent / "pair_probe.csv")
+    assert set(pairs["condition"]) == {*PROBE_VARIANTS, "random", "majority"}
+    for row in pairs.itertuples():
+        size = None if pd.isna(row.size) else int(row.size)
+        keys = [key for key in probe_study.probes if key[:3] == (row.kind, row.condition, size)]
+        accuracy = np.mean([v for key in keys for v in _logged(probe_study, key, "pair_rule_accuracy").values()])
+        assert row.difference == pytest.approx(accuracy - 50.0)
+        assert row.pair_rule_accuracy.startswith(f"{accuracy:.1f} [")
+        assert row.pair_rule_chance == "50.0 [50.0, 50.0]"  # logged once per run, it stands for each pair
+        assert (row.n_tasks, row.n_seeds) == (PAIRED_TASKS, 2)
+    # Negation rates are logged per run: each run's figure is one cell, the interval is over seeds.
+    negation = pd.read_csv(probe_report.parent / "negation_probe.csv")
+    assert set(negation["condition"]) == {"def-negated+ex-original"} and set(negation["size"]) == {10, 40}
+    for row in negation.itertuples():
+        key = [key for key in probe_study.probes if key[:3] == ("trial", row.condition, row.size)]
+        follow = np.mean([v for k in key for v in _logged(probe_study, k, "negation_follow_rate").values()])
+        habit = np.mean([v for k in key for v in _logged(probe_study, k, "negation_habit_rate").values()])
+        assert row.difference == pytest.approx(follow - habit)
+        assert (row.n_tasks, row.n_seeds) == (1, 2)
+    assert set(negation["verdict"]) == {"follows the habit"}
+    html = probe_report.read_text()
+    assert 'id="pair-table"' in html and 'id="negation-table"' in html
+
+
+def test_finding_states_the_logged_numbers_and_changes_with_them(probe_study, probe_report):
+    from dashboards import analysis, learned
+    from dashboards.runs import read_study
+
+    sentence = _finding(probe_report.read_text())
+    # The fixed rule: every condition but the negated one, at the largest size (40), every seed.
+    tuned = [key for key in probe_study.values if key[0] == "trial" and key[2] == 40 and "negated" not in key[1]]
+    random = [key for key in probe_study.values if key[:2] == ("baseline", "random")]
+    pooled = {metric: np.mean([v for key in tuned for v in _logged(probe_study, key, metric).values()])
+              for metric in ("label_space_rate", "exact_match", "pair_rule_accuracy")}  # fmt: skip
+    random_em = np.mean([v for key in random for v in _logged(probe_study, key, "exact_match").values()])
+    assert sentence.startswith(f"Tuned models answer inside the label space {pooled['label_space_rate']:.1f}% [")
+    assert f"score {pooled['exact_match']:.1f} [" in sentence and f"against {random_em:.1f} [" in sentence
+    assert f"follow the definition on counterfactual pairs {pooled['pair_rule_accuracy']:.1f}% [" in sentence
+    assert "of the time against 50.0% by chance (difference " in sentence
+    assert "at n = 40 per task" in probe_report.read_text()
+    with tempfile.TemporaryDirectory() as scratch:
+        study = read_study(probe_study.uri, "probes", Path(scratch))
+    scores, overall = analysis.place_sizes(study.scores), analysis.place_sizes(study.overall)
+    assert learned.finding(scores, overall).sentence == sentence
+    shifted = learned.finding(scores.assign(label_space_rate=scores["label_space_rate"] - 10), overall).sentence
+    assert f"label space {pooled['label_space_rate'] - 10:.1f}% [" in shifted and shifted != sentence
+    # The untuned model, when the study has it, is stated after the tuned ones, pooled over its prompts.
+    untuned = scores[scores["condition"] == "random"].assign(condition="untuned (def-original+ex-original)",
+                                                             exact_match=0.0, label_space_rate=20.0)  # fmt: skip
+    stated = learned.finding(pd.concat([scores, untuned]), overall)
+    assert stated.sentence.endswith("The untuned model scores 0.0 [0.0, 0.0] EM and answers inside the label space 20.0% of the time.")
+    assert stated.pools[-1] == "Untuned: untuned (def-original+ex-original), pooled the same way."
+
+
+def test_without_probe_metrics_the_sections_say_so_and_nothing_is_empty(fixture_report):
+    html = fixture_report.read_text()
+    sentence = _finding(html)
+    assert sentence.startswith("Tuned models score ") and "the study has no counterfactual pairs" in sentence
+    assert "No run logged <code>pair_rule_accuracy</code>" in html and "No run with a negated definition" in html
+    assert 'id="pair-table"' not in html and 'id="negation-table"' not in html
+    assert "Logged by no run of this study (runs older than these metrics): rank EM, in label space (%)." in html
+    table = pd.read_csv(fixture_report.parent / "format_table.csv")
+    assert set(table["metric"]) == {"exact_match"} and not table.empty
+    assert not (fixture_report.parent / "pair_probe.csv").exists()
 
 
 def test_an_experiment_without_finished_runs_still_gets_a_report(tmp_path):
@@ -507,6 +660,10 @@ def test_report_of_a_real_sweep_matches_its_runs(real_study, tmp_path):
     assert {"variant vs reference", "best tuned vs baseline"} == set(verdicts["question"])
     html = path.read_text()
     assert "report-real.yaml" in html and "8 trials, 4 baselines" in html and "12 finished" in html
+    # The finding pools both definitions at the largest size against the random baseline.
+    assert _finding(html).startswith("Tuned models ") and "for random guessing (difference " in _finding(html)
+    assert "(def-original+ex-original, def-simplified+ex-original) at n = 10 per task" in html
+    assert set(pd.read_csv(path.parent / "format_table.csv")["level"]) == {"overall", "category", "task"}
     parent = load_runs(real_study.tracking_uri, real_study.experiment)
     parent_id = parent.loc[parent["tags.itstudy.kind"] == "sweep", "run_id"].iloc[0]
     assert "report/report.html" in list_artifacts(real_study.tracking_uri, parent_id, "report")

@@ -131,19 +131,75 @@ def test_preflight_refuses_a_simplified_definition_on_generation_tasks(superni_d
         preflight(study, expand_grid(study))
 
 
-def test_table_gives_mean_and_spread_over_seeds_and_says_when_a_gap_is_seed_noise():
+TABLE_TASKS = [f"task{i:03d}_table" for i in range(12)]
+
+
+def _seed_metrics(level: float, seed: int, label_space: float | None = None, rank: float | None = None) -> dict:
+    """A run's final metrics: per-task EM that varies by task and seed, and their mean overall."""
+    per_task = {f"exact_match_for_{task}": level + (i % 4) * 5 + seed for i, task in enumerate(TABLE_TASKS)}
+    metrics = {**per_task, "exact_match": sum(per_task.values()) / len(per_task), "rougeL": level}
+    if label_space is not None:
+        metrics["label_space_rate"] = label_space
+    if rank is not None:
+        metrics["rank_exact_match"] = rank
+    return metrics
+
+
+def _line(lines: list[str], label: str) -> str:
+    return next(line for line in lines if line.startswith(label + " "))
+
+
+def test_table_shows_format_metrics_and_the_paired_bootstrap_verdict_against_the_best_baseline():
     rows = [
-        Row("def-original_n20", ({"exact_match": 60.0, "rougeL": 61.0}, {"exact_match": 64.0, "rougeL": 65.0}), 2),
-        Row("def-simplified_n20", ({"exact_match": 51.0, "rougeL": 52.0},), 2),
-        Row("random", ({"exact_match": 50.0, "rougeL": 50.0}, {"exact_match": 52.0, "rougeL": 52.0}), 2, True),
+        Row("def-original_n20", {s: _seed_metrics(60.0, s, 99.0, 58.0) for s in (1, 2, 3)}, 3),
+        Row("def-simplified_n20", {s: _seed_metrics(50.3, s, 97.0, 49.0) for s in (1, 2)}, 3),
+        Row("random", {s: _seed_metrics(50.0, s, 100.0) for s in (1, 2, 3)}, 3, True),
+        Row("majority", {s: _seed_metrics(40.0, s, 100.0) for s in (1, 2, 3)}, 3, True),
     ]
-    lines = format_table("title", rows).splitlines()
-    original = next(line for line in lines if line.startswith("def-original_n20"))
-    assert "62.0 ± 2.8" in original and "+11.0 vs random (beyond seed noise)" in original
-    simplified = next(line for line in lines if line.startswith("def-simplified_n20"))
-    # one of two seeds finished; 51 vs 51 ± 1.4 is within noise
-    assert " 1/2 " in simplified and "within seed noise" in simplified
-    assert next(line for line in lines if line.startswith("random")).rstrip().endswith("51.0 ± 1.4")
+    lines = format_table("title", rows, TABLE_TASKS).splitlines()
+    header = lines[1].split()
+    assert header[:6] == ["configuration", "seeds", "exact_match", "rougeL", "label_space_rate", "rank_exact_match"]
+    # 10 points above random on every task and seed: the whole CI is above 0.
+    original = _line(lines, "def-original_n20")
+    assert "99.0 ± 0.0" in original and "58.0 ± 0.0" in original
+    assert "+10.0 [+10.0, +10.0] vs random: better" in original
+    # 0.3 above random on every cell, two of three seeds: inside the ±2 margin.
+    simplified = _line(lines, "def-simplified_n20")
+    assert " 2/3 " in simplified and "+0.3 [+0.3, +0.3] vs random: equivalent within ±2 EM" in simplified
+    # Baselines carry the label-space rate but no rank EM, and are not compared with themselves.
+    assert _line(lines, "random").split()[-4:] == ["100.0", "±", "0.0", "-"]
+
+
+def test_table_pairs_by_seed_and_omits_metrics_no_run_logged():
+    rows = [
+        Row("tuned", {1: _seed_metrics(55.0, 1), 2: _seed_metrics(45.0, 2)}, 2),
+        Row("random", {1: _seed_metrics(50.0, 1), 3: _seed_metrics(50.0, 3)}, 2, True),
+    ]
+    lines = format_table("title", rows, TABLE_TASKS).splitlines()
+    assert "rank_exact_match" not in lines[1] and "label_space_rate" in lines[1]
+    # Only seed 1 pairs: +5 on every task of that seed, whatever seed 2 scored.
+    assert "+5.0 [+5.0, +5.0] vs random: better" in _line(lines, "tuned")
+    # Without the test tasks to pair over (no model-free baseline), the comparison stays empty.
+    assert "vs random" not in format_table("title", rows, []).splitlines()[2]
+
+
+def test_the_sweep_pairs_its_table_over_the_classification_test_tasks_by_seed():
+    from itstudy.baseline_run import BaselineRecord, BaselineResults, TaskRow
+    from itstudy.sweep.outcomes import TrialOutcome
+    from itstudy.sweep.summary import comparison_rows, paired_tasks
+
+    tasks = (*(TaskRow(task, 2, 8) for task in TABLE_TASKS), TaskRow("task999_generation", None, 8))
+    records = tuple(BaselineRecord("random", seed, f"r{seed}", f"random-s{seed}", False, _seed_metrics(50.0, seed, 100.0))
+                    for seed in (1, 2))  # fmt: skip
+    baselines = [BaselineResults(tasks, records, "key", "synthetic", (), "sqlite://", "0")]
+    outcomes = [TrialOutcome(f"t_s{seed}", "trial", f"run{seed}", "def-original_n20", seed, 1, status,
+                             _seed_metrics(53.0, seed, 98.0, 51.0) if status == "FINISHED" else {}, None)
+                for seed, status in ((1, "FINISHED"), (2, "FINISHED"), (3, "FAILED"))]  # fmt: skip
+    assert paired_tasks(baselines) == TABLE_TASKS  # generation tasks have no label space to guess in
+    rows = comparison_rows(outcomes, baselines)
+    assert [(row.label, sorted(row.runs), row.expected) for row in rows] == [("def-original_n20", [1, 2], 3), ("random", [1, 2], 2)]
+    trial = _line(format_table("title", rows, paired_tasks(baselines)).splitlines(), "def-original_n20")
+    assert " 2/3 " in trial and "98.0 ± 0.0" in trial and "+3.0 [+3.0, +3.0] vs random: better" in trial
 
 
 def test_make_trial_applies_the_point_as_overrides():

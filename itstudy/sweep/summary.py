@@ -10,9 +10,9 @@ import pandas as pd
 
 from itstudy.baseline_run import BaselineResults
 from itstudy.config import Study
-from itstudy.metrics import METRICS
+from itstudy.metrics import METRICS, in_pooled_figures, reported_task_name
 from itstudy.sweep.outcomes import SweepResult, TrialOutcome
-from itstudy.sweep.table import Row, format_table
+from itstudy.sweep.table import FORMAT_METRICS, Row, format_table
 from itstudy.sweep.trials import sweep_name
 from itstudy.tracking import RunLogger, experiment_name
 
@@ -34,10 +34,10 @@ def summarize(
     parent.log_metrics(overhead_metrics(outcomes), step=0)
     seeds = sorted({outcome.seed for outcome in outcomes})
     title = (
-        f"Study {study.name} (sweep {sweep_name(study)}): exact match and ROUGE-L (%) on the test tasks, "
-        f"mean ± std over seeds {', '.join(map(str, seeds))}"
+        f"Study {study.name} (sweep {sweep_name(study)}): exact match, ROUGE-L and the share of answers in the "
+        f"label space (%) on the test tasks, mean ± std over seeds {', '.join(map(str, seeds))}"
     )
-    table = format_table(title, comparison_rows(outcomes, baselines))
+    table = format_table(title, comparison_rows(outcomes, baselines), paired_tasks(baselines))
     parent.log_text(table + "\n", "comparison.txt")
     table += "\n" + where_to_look(study, experiment_file, uri, experiment_id, parent.run_id, outcomes)
     return SweepResult(
@@ -59,14 +59,20 @@ def comparison_rows(outcomes: list[TrialOutcome], baselines: list[BaselineResult
         labels = list(dict.fromkeys(outcome.label for outcome in outcomes if outcome.kind == kind))
         for label in labels:
             group = [outcome for outcome in outcomes if outcome.kind == kind and outcome.label == label]
-            finished = tuple(outcome.metrics for outcome in group if outcome.status == "FINISHED")
+            finished = {outcome.seed: outcome.metrics for outcome in group if outcome.status == "FINISHED"}
             rows.append(Row(label, finished, expected=len(group), is_baseline=kind == "untuned"))
     for result in baselines:
         suffix = f" [{result.data_key[:8]}]" if len(baselines) > 1 else ""
         for name in result.baselines:
-            runs = tuple(record.metrics for record in result.records if record.baseline == name)
+            runs = {record.seed: record.metrics for record in result.records if record.baseline == name}
             rows.append(Row(f"{name}{suffix}", runs, expected=len(runs), is_baseline=True))
     return rows
+
+
+def paired_tasks(baselines: list[BaselineResults]) -> list[str]:
+    """The classification test tasks of the pooled figures: the tasks every baseline scores."""
+    names = {reported_task_name(task.name) for result in baselines for task in result.tasks if task.labels is not None}
+    return sorted(name for name in names if in_pooled_figures(name))
 
 
 def overhead_metrics(outcomes: list[TrialOutcome]) -> dict[str, float]:
@@ -92,7 +98,7 @@ def trials_csv(outcomes: list[TrialOutcome]) -> str:
                 "seed": o.seed,
                 "workers": o.workers,
                 "status": o.status,
-                **{name: o.metrics.get(name) for name in METRICS},
+                **{name: o.metrics.get(name) for name in (*METRICS, *FORMAT_METRICS)},
                 "started_s": started,
                 "ended_s": ended,
                 "wall_s": o.wall_s,

@@ -1,4 +1,5 @@
-"""Means, confidence intervals and verdicts for the report, over test tasks and seeds.
+"""Means, confidence intervals and verdicts over test tasks and seeds: one rule for the report and
+the table a sweep prints. Plain numpy: no Ray, no MLflow.
 
 A condition (a variant at a training size, or a baseline) is scored as a matrix: one row per test
 task, one column per seed, each cell a percentage (EM or ROUGE-L); NaN marks a missing run or task.
