@@ -10,6 +10,7 @@
 #                        local-down.sh; Unix socket paths inside it must stay under 108 bytes)
 #   RAY_PORT=6379  RAY_DASHBOARD_PORT=8265  MLFLOW_PORT=5000  RAY_NUM_CPUS=<all cores>
 #   RAY_EXTRA_START_ARGS  more `ray start` flags (the tests pass free ports for every Ray service)
+#   ITSTUDY_BIN          folder of the `ray`, `mlflow` and `python` to use (default .venv/bin)
 #
 # Why `ray start --block` in the background rather than plain `ray start`: the blocking process
 # owns every Ray process of this head, so local-down.sh stops exactly this cluster with one
@@ -17,9 +18,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${ITSTUDY_BIN:-.venv/bin}
+BIN=$(cd "${ITSTUDY_BIN:-.venv/bin}" && pwd)
 # Ray's processes inherit PATH: a job entrypoint's `python` is then this virtual environment's.
-export PATH="$PWD/$BIN:$PATH"
+export PATH="$BIN:$PATH"
 STATE=$(mkdir -p "${ITSTUDY_CLUSTER_DIR:-itstudy-runs/cluster}" && cd "${ITSTUDY_CLUSTER_DIR:-itstudy-runs/cluster}" && pwd)
 RAY_PORT=${RAY_PORT:-6379}
 RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
