@@ -117,11 +117,11 @@ def _ray(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProc
 def test_a_study_submitted_as_a_ray_job_lands_in_mlflow(local_cluster, tmp_path):
     env = local_cluster
     uri = env["MLFLOW_TRACKING_URI"]
-    # The checked-in runtime env names the server on port 5000; this test's server is on a free
-    # port, so the entrypoint sets the URI for the driver, which hands it to every worker.
+    # The job's driver learns the URI (this test's server is on a free port) from the cluster:
+    # local-up.sh starts Ray with it, and the driver hands it to every worker.
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     job_env = [f"{name}={env[name]}" for name in ("ITSTUDY_HOME", "ITSTUDY_CACHE", "HF_HUB_OFFLINE")]
-    job_env += [f"MLFLOW_TRACKING_URI={uri}", f"ITSTUDY_GIT_COMMIT={commit}"]
+    job_env += [f"ITSTUDY_GIT_COMMIT={commit}"]
     run = ["env", *job_env, "python", "-m", "itstudy.cli", "run", "experiments/demo.yaml", *OVERRIDES]
     where = "python -c 'import itstudy; print(\"itstudy imported from\", itstudy.__file__)'"
     entrypoint = ["sh", "-c", f"{where} && exec {shlex.join(run)}"]
@@ -171,17 +171,17 @@ def test_a_study_submitted_as_a_ray_job_lands_in_mlflow(local_cluster, tmp_path)
     assert trained["tags.itstudy.checkpoint"].notna().all()  # MLflow points at the Ray checkpoint
 
 
-def test_a_study_resubmitted_against_a_fresh_store_trains_and_records_every_trial_there():
+def test_a_study_resubmitted_against_a_fresh_store_trains_and_records_every_trial_there(monkeypatch):
     overrides = [*OVERRIDES[1:5], "grid={seed: [1, 2]}", "baselines=[random]"]
     study = load_study(REPO / "experiments/demo.yaml", overrides)
-    store = itstudy_home() / "mlflow.db"
-    run_sweep(study)
-    store.unlink()  # a fresh, empty store at the same URI (a new cluster's); Ray's state stays behind
+    run_sweep(study)  # into the default store; Ray's state stays behind in ITSTUDY_HOME
+    fresh = f"sqlite:///{itstudy_home() / 'fresh.db'}"  # a new cluster's empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh)
 
     second = run_sweep(study)
 
     assert [outcome.status for outcome in second.outcomes] == ["FINISHED", "FINISHED"]
-    runs = load_runs(f"sqlite:///{store}", "demo")
+    runs = load_runs(fresh, "demo")
     trained = runs[runs["tags.itstudy.kind"] == "trial"]
     assert sorted(trained["tags.itstudy.trial_key"]) == sorted(trial.key for trial in expand_grid(study))
     assert set(trained["status"]) == {"FINISHED"} and trained["metrics.train_loss"].notna().all()
