@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import ray
 
 from itstudy.config import ConfigError, load_study, to_plain
 from itstudy.paths import itstudy_home
@@ -20,6 +21,7 @@ from itstudy.sweep.preflight import preflight
 from itstudy.sweep.trainable import SweepContext
 from itstudy.sweep.trials import expand_grid
 from itstudy.sweep.tuning import untuned_trials
+from itstudy.tracking import worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "experiments/demo.yaml"
@@ -70,8 +72,6 @@ class PlacementWatch:
     """Samples Ray's placement-group table while a sweep runs: the most half-GPU groups placed at once."""
 
     def __init__(self):
-        import ray
-
         self.table = ray.util.placement_group_table
         self.most_placed = 0
         self.done = threading.Event()
@@ -97,10 +97,6 @@ class PlacementWatch:
 
 @pytest.mark.ray
 def test_half_gpu_trials_untuned_included_run_four_at_once_on_two_gpus():
-    import ray
-
-    from itstudy.tracking import worker_env
-
     study = load_study(DEMO, HALF_GPU)
     trials = expand_grid(study)
     assert len(trials) + len(untuned_trials(study, trials)) == 4
