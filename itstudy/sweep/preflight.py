@@ -1,9 +1,10 @@
 """Pre-flight: everything a sweep refuses before Ray starts or MLflow is written.
 
 Each refusal is a ConfigError naming the field (or the trial) at fault: a RAY_ADDRESS that is a
-job-server URL, a GPU share Ray cannot place safely, a trial whose batch arithmetic does not fit its worker count or whose model is
-unknown, data that cannot be selected, a variant that does not fit its tasks (a simplified
-definition on a task without labels), an unknown search-space type or a search over a swept key.
+job-server URL, a GPU share Ray cannot place safely, a trial whose batch arithmetic does not fit
+its worker count or whose model is unknown, data that cannot be selected, a variant that does not
+fit its tasks (a simplified definition on a task without labels), an unknown search-space type or
+a search over a swept key.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Ray Tune for a sweep: which Tune experiments to run, their Tuners (new or restored), each trial's outcome.
 
 Without a search the whole grid (and the untuned baselines) is one Tune experiment named after
-the sweep and its MLflow parent run (state from another store is never reused); with one, each grid point gets its own Optuna search of `search.num_samples` trials.
+the sweep and its MLflow parent run (state from another store is never reused); with one, each
+grid point gets its own Optuna search of `search.num_samples` trials.
 A Tune experiment whose folder exists under the storage path is resumed with `Tuner.restore`:
 finished trials stay finished, interrupted and errored ones continue from their last checkpoint
 (a new Tuner would start over: ray#28722). Never uses `fail_fast`: it makes a sweep
