@@ -10,6 +10,7 @@
 #                        local-down.sh; Unix socket paths inside it must stay under 108 bytes)
 #   RAY_PORT=6379  RAY_DASHBOARD_PORT=8265  MLFLOW_PORT=5000  RAY_NUM_CPUS=<all cores>
 #   RAY_EXTRA_START_ARGS  more `ray start` flags (the tests pass free ports for every Ray service)
+#   ITSTUDY_BIN          folder of the `ray`, `mlflow` and `python` to use (default .venv/bin)
 #
 # Why `ray start --block` in the background rather than plain `ray start`: the blocking process
 # owns every Ray process of this head, so local-down.sh stops exactly this cluster with one
@@ -17,9 +18,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${ITSTUDY_BIN:-.venv/bin}
+BIN=$(cd "${ITSTUDY_BIN:-.venv/bin}" && pwd)
 # Ray's processes inherit PATH: a job entrypoint's `python` is then this virtual environment's.
-export PATH="$PWD/$BIN:$PATH"
+export PATH="$BIN:$PATH"
 STATE=$(mkdir -p "${ITSTUDY_CLUSTER_DIR:-itstudy-runs/cluster}" && cd "${ITSTUDY_CLUSTER_DIR:-itstudy-runs/cluster}" && pwd)
 RAY_PORT=${RAY_PORT:-6379}
 RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
@@ -30,6 +31,14 @@ if [[ -f "$STATE/ray.pid" ]] && kill -0 "$(cat "$STATE/ray.pid")" 2>/dev/null; t
   echo "a cluster from $STATE is already running (pid $(cat "$STATE/ray.pid")); stop it with cluster/local-down.sh" >&2
   exit 1
 fi
+# A port that something already listens on (another Ray, another MLflow) would leave this cluster
+# half up, or point its clients at another store: refuse it, naming the setting that moves it.
+for setting in RAY_PORT RAY_DASHBOARD_PORT MLFLOW_PORT; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${!setting}") 2>/dev/null; then
+    echo "port ${!setting} is taken (another Ray or MLflow on this machine?): choose a free one, e.g. $setting=$((${!setting} + 100)) cluster/local-up.sh" >&2
+    exit 1
+  fi
+done
 if [[ -z "${RAY_TEMP_DIR:-}" ]]; then
   RAY_TEMP_DIR=$(mktemp -d /tmp/itstudy-ray-XXXXXX)
   echo "$RAY_TEMP_DIR" >"$STATE/ray-temp-dir"  # made here, so local-down.sh removes it
@@ -44,7 +53,9 @@ export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEO
 
 # trial_driver: a custom resource that the drivers of multi-worker trials take instead of a CPU
 # (a Tune trial's driver otherwise holds one CPU that its own Train workers then cannot use).
-setsid "$BIN/ray" start --head --block --disable-usage-stats \
+# MLFLOW_TRACKING_URI in the head's environment reaches every job driver: the one place that names
+# the server's port (cluster/runtime_env.yaml does not).
+MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT setsid "$BIN/ray" start --head --block --disable-usage-stats \
   --port="$RAY_PORT" --dashboard-port="$RAY_DASHBOARD_PORT" --dashboard-host=127.0.0.1 \
   --num-cpus="$RAY_NUM_CPUS" --resources='{"trial_driver": 16}' \
   --temp-dir="$RAY_TEMP_DIR" ${RAY_EXTRA_START_ARGS:-} \
@@ -77,6 +88,16 @@ wait_for() {  # wait_for NAME PIDFILE LOG COMMAND...: poll COMMAND until it succ
 }
 wait_for "MLflow server" "$STATE/mlflow.pid" "$STATE/mlflow.log" curl -sf "http://127.0.0.1:$MLFLOW_PORT/health"
 wait_for "Ray head" "$STATE/ray.pid" "$STATE/ray.log" "$BIN/ray" job list --address "http://127.0.0.1:$RAY_DASHBOARD_PORT"
+# The dashboard answering is not enough: jobs run through the head's dashboard agent, which may
+# have failed to bind its ports. A job that runs `true` proves the whole submission path.
+check_job=itstudy-up-check-$(date +%s)
+if ! "$BIN/ray" job submit --address "http://127.0.0.1:$RAY_DASHBOARD_PORT" --submission-id "$check_job" -- true >"$STATE/up-check.log" 2>&1; then
+  echo "Ray head is up but cannot run jobs (its dashboard agent did not start?); the end of $STATE/up-check.log:" >&2
+  tail -3 "$STATE/up-check.log" >&2
+  cluster/local-down.sh >&2 || true
+  exit 1
+fi
+"$BIN/ray" job delete --address "http://127.0.0.1:$RAY_DASHBOARD_PORT" "$check_job" >/dev/null 2>&1 || true
 
 cat >"$STATE/env.sh" <<ENV
 export RAY_ADDRESS=http://127.0.0.1:$RAY_DASHBOARD_PORT

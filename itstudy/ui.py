@@ -10,13 +10,16 @@ nothing) into the tracking URI and the MLflow experiment name. `ui_command` star
     kubectl port-forward pod/HEAD_POD 5000:5000     # KubeRay
 
 Refuses remote stores: a study that logs to an `http(s)://` tracking server already has that
-server's UI, whose address is printed instead.
+server's UI, whose address is printed instead. Refuses a port that is taken before printing any
+address (the user would otherwise browse whatever other store listens there), and exits non-zero
+when the server does.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +28,7 @@ from pathlib import Path
 import requests
 
 from itstudy.config import ConfigError
+from itstudy.errors import UserError
 from itstudy.tracking import artifact_root, study_store
 
 READY_TIMEOUT_S = 90.0
@@ -46,6 +50,24 @@ def server_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000)
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+
+
+class UIError(UserError):
+    """The UI server cannot serve: its port is taken, or it stopped on its own."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port some other process listens on (bound as the server would bind it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UIError(
+                f"port {port} on {host} is taken ({error.strerror}): another server, perhaps another store's UI, "
+                f"listens there; choose a free one with --port"
+            ) from None
 
 
 def server_env() -> dict[str, str]:
@@ -97,6 +119,7 @@ def ui_command(study_or_experiment: str | None = None, port: int = 5000, host: s
         print(f"This study logs to the tracking server {store.tracking_uri}: open it in a browser.")
         return
     command = server_command(store.tracking_uri, host, port)
+    check_port_free(host, port)
     where = f"experiment '{store.experiment}'" if store.experiment else "every experiment"
     print(f"MLflow UI on {store.tracking_uri} ({where}): http://{host}:{port}")
     if host in LOOPBACK:
@@ -107,8 +130,10 @@ def ui_command(study_or_experiment: str | None = None, port: int = 5000, host: s
     # A `kill` of this command must stop the server too instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        process.wait()
+        code = process.wait()
     except KeyboardInterrupt:
-        pass
+        return
     finally:
         stop_server(process)
+    if code != 0:
+        raise UIError(f"mlflow server on port {port} exited with code {code} (its output is above)")

@@ -116,13 +116,13 @@ def test_a_killed_sweep_resumes_with_the_same_command(tmp_path):
     overrides = [*TINY, "grid={train.max_steps: [10, 60, 20]}", "train.eval_every_steps=10", "resources.max_concurrent_trials=2"]
     study = load_study(REPO / DEMO, overrides)
     short, long, waiting = (trial.key for trial in expand_grid(study))
-    long_trial_dir = itstudy_home() / "ray_results" / sweep_name(study) / long
+    long_trial_dirs = f"{sweep_name(study)}-run*/{long}"  # Tune state is named after the sweep and its parent run
 
     with open(tmp_path / "first.log", "w") as out:
         first = subprocess.Popen(_sweep_command(overrides), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     def short_done_long_checkpointed(runs) -> bool:
         done = set(runs[runs["status"] == "FINISHED"]["tags.itstudy.trial_key"])
-        return short in done and any(long_trial_dir.glob("checkpoint_*"))
+        return short in done and any((itstudy_home() / "ray_results").glob(f"{long_trial_dirs}/checkpoint_*"))
 
     try:
         before = _wait_until(first, short_done_long_checkpointed)

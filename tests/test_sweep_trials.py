@@ -101,10 +101,10 @@ def test_search_plans_one_optuna_experiment_per_grid_point():
         search={"space": {"train.learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}, "num_samples": 3},
     )
     trials = expand_grid(study)
-    plans = plan_experiments(study, trials, untuned_trials(study, trials), search_space(study))
+    plans = plan_experiments(study, trials, untuned_trials(study, trials), search_space(study), "0123456789abcdef")
     names = [name for name, _, _ in plans]
-    assert names[0] == f"{sweep_name(study)}-untuned"
-    assert names[1:] == [f"{sweep_name(study)}-search-{trial.key}" for trial in trials]
+    assert names[0] == f"{sweep_name(study)}-run01234567-untuned"
+    assert names[1:] == [f"{sweep_name(study)}-run01234567-search-{trial.key}" for trial in trials]
     assert [searched for _, _, searched in plans] == [False, True, True]
     assert plans[1][1]["trial"]["point"] == {"seed": 1}
 

@@ -219,6 +219,19 @@ def test_a_checkpoint_of_other_data_is_refused(prepared, tmp_path):
         run_worker(WorkerJob(study, other, tokenizer), PlainReporter(tmp_path / "run"))
 
 
+def test_a_checkpoint_of_another_learning_rate_is_refused_naming_the_key_while_resources_may_change(prepared, tmp_path):
+    study, tokenizer, data = prepared
+    run_worker(WorkerJob(study, data, tokenizer), PlainReporter(tmp_path / "run"))
+    slower = study.model_copy(update={"train": study.train.model_copy(update={"learning_rate": study.train.learning_rate / 10})})
+    with pytest.raises(ConfigError, match=r"written with another value of train\.learning_rate;") as refused:
+        run_worker(WorkerJob(slower, data, tokenizer), PlainReporter(tmp_path / "run"))
+    assert "\n" not in str(refused.value)
+    moved = study.model_copy(update={"resources": study.resources.model_copy(update={"cpus_per_worker": 2.0})})
+    resumed = PlainReporter(tmp_path / "run")
+    run_worker(WorkerJob(moved, data, tokenizer), resumed)
+    assert [report["step"] for report in resumed.history] == [40]  # resumed from the last checkpoint, nothing retrained
+
+
 def test_a_tracked_plain_run_logs_through_its_reporter(prepared, tmp_path):
     from itstudy.tracking import create_run, download_artifact, ensure_experiment, get_run, list_artifacts
 

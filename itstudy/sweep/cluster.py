@@ -1,10 +1,11 @@
 """The Ray side of a sweep: the Ray session, the tracking URI its workers reach, and per-trial resources.
 
-A single-worker trial takes cpus/gpus_per_worker (a fraction of a GPU lets small trials share
-one) and runs the training loop in the Tune trial itself. A multi-worker trial's driver takes
+A single-worker trial, and every untuned baseline, takes cpus/gpus_per_worker (a fraction of a
+GPU lets small trials share one) and runs in the Tune trial itself. A multi-worker trial's driver takes
 one unit of the custom `trial_driver` resource instead of a CPU (a Tune driver otherwise holds a
 CPU that its own Train workers need) and its TorchTrainer reserves the workers. Trials in
-flight: resources.max_concurrent_trials, else as many as the cluster fits.
+flight: resources.max_concurrent_trials, else as many as the cluster (at its autoscaling
+maximum) fits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 import ray
 from ray import tune
 
-from itstudy.config import ConfigError, Study
+from itstudy.config import ConfigError, ResourcesConfig, Study
 from itstudy.sweep.trainable import SweepContext, resolve_trial
 from itstudy.sweep.trials import Trial
 from itstudy.tracking import worker_env
@@ -72,28 +73,58 @@ def check_cluster(trials: list[Trial]) -> None:
 
 
 def max_concurrent_trials(study: Study, trials: list[Trial]) -> int:
-    """resources.max_concurrent_trials, else how many of the largest trial the cluster fits now (at least 1)."""
+    """resources.max_concurrent_trials, else how many of the largest trial the cluster can hold (at least 1).
+
+    "Can hold" is the larger of what the cluster has now and what its autoscaler may add (the
+    node groups of the cluster config, as Ray Train reads them), so that a cluster that starts
+    with no GPU nodes does not get a concurrency of one.
+    """
     if study.resources.max_concurrent_trials:
         return study.resources.max_concurrent_trials
-    available = ray.cluster_resources()
+    capacity = cluster_capacity()
     fits = []
     for trial in trials:
         resources = trial.study.resources
-        fit = available.get("CPU", 0) // (resources.workers_per_trial * resources.cpus_per_worker)
+        fit = capacity.get("CPU", 0) // (resources.workers_per_trial * resources.cpus_per_worker)
         if resources.gpus_per_worker:
-            fit = min(fit, available.get("GPU", 0) // (resources.workers_per_trial * resources.gpus_per_worker))
+            fit = min(fit, capacity.get("GPU", 0) // (resources.workers_per_trial * resources.gpus_per_worker))
         fits.append(fit)
     return max(1, int(min(fits)))
 
 
+def cluster_capacity() -> dict[str, float]:
+    """Each resource's total: the cluster's now, or the autoscaler's maximum when that is larger."""
+    from ray._private.state import state  # the GCS view that Ray Train also reads the maximum from
+
+    capacity = dict(ray.cluster_resources())
+    for name, most in (state.get_max_resources_from_cluster_config() or {}).items():
+        capacity[name] = max(capacity.get(name, 0), most)
+    return capacity
+
+
+def trial_bundles(resources: ResourcesConfig, kind: str) -> list[dict[str, float]]:
+    """The placement-group bundles of one trial: the one place that turns resources into a Ray request.
+
+    A multi-worker training trial's driver takes a `trial_driver` unit (its TorchTrainer reserves
+    the workers); every other trial, untuned baselines included, is one worker with the trial's
+    CPUs and accelerator share, so that fractional GPUs pack several trials onto one GPU.
+    """
+    if resources.workers_per_trial > 1 and kind == "trial":
+        return [{TRIAL_DRIVER: 1}]
+    return [{"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}]
+
+
 class TrialResources:
-    """Tune's per-trial resource request: what the trial's own config asks for."""
+    """Tune's per-trial resource request, from the resources of the training trial at the config's point.
+
+    An untuned baseline's own study has its resources reset (its key must not depend on them),
+    so it takes the resources of the training trial it stands beside: the same accelerator.
+    """
 
     def __init__(self, context: SweepContext):
         self.context = context
 
     def __call__(self, config: dict) -> tune.PlacementGroupFactory:
-        resources = resolve_trial(config, self.context).study.resources
-        if resources.workers_per_trial > 1 and config["trial"]["kind"] == "trial":
-            return tune.PlacementGroupFactory([{TRIAL_DRIVER: 1}])
-        return tune.PlacementGroupFactory([{"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker}])
+        entry = config["trial"]
+        training = resolve_trial({"trial": {**entry, "kind": "trial"}}, self.context)
+        return tune.PlacementGroupFactory(trial_bundles(training.study.resources, entry["kind"]))

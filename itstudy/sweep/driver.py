@@ -35,7 +35,7 @@ from itstudy.sweep.progress import Progress
 from itstudy.sweep.summary import summarize
 from itstudy.sweep.trainable import SweepContext
 from itstudy.sweep.trials import expand_grid, sweep_name
-from itstudy.sweep.tuning import run_tune, untuned_trials
+from itstudy.sweep.tuning import run_tune, tune_state_name, untuned_trials
 from itstudy.tracking import check_tracking, ensure_experiment, experiment_name, resolve_tracking_uri
 
 
@@ -60,7 +60,7 @@ def run_sweep(study: Study, experiment_file: Path | None = None) -> SweepResult:
                 tracking_uri=worker_uri,
                 experiment_id=experiment_id,
                 parent_run_id=parent.run_id,
-                train_storage_path=f"{storage_path(study.tracking.storage_path)}/{sweep_name(study)}-train",
+                train_storage_path=f"{storage_path(study.tracking.storage_path)}/{tune_state_name(study, parent.run_id)}-train",
             )
             progress = Progress(sweep_name(study), context, parent, total)
             outcomes = run_tune(study, trials, untuned, space, context, progress)

@@ -1,9 +1,10 @@
 """Pre-flight: everything a sweep refuses before Ray starts or MLflow is written.
 
 Each refusal is a ConfigError naming the field (or the trial) at fault: a RAY_ADDRESS that is a
-job-server URL, a trial whose batch arithmetic does not fit its worker count or whose model is
-unknown, data that cannot be selected, a variant that does not fit its tasks (a simplified
-definition on a task without labels), an unknown search-space type or a search over a swept key.
+job-server URL, a GPU share Ray cannot place safely, a trial whose batch arithmetic does not fit
+its worker count or whose model is unknown, data that cannot be selected, a variant that does not
+fit its tasks (a simplified definition on a task without labels), an unknown search-space type or
+a search over a swept key.
 """
 
 from __future__ import annotations
@@ -62,10 +63,28 @@ def preflight(study: Study, trials: list[Trial]) -> None:
         )
     for trial in trials:
         try:
+            check_gpu_share(trial.study)
             check_run(trial.study, trial.study.resources.workers_per_trial)
         except ConfigError as error:
             raise ConfigError(f"trial {trial.key}: {error}") from None
     check_variants(trials)
+
+
+def check_gpu_share(study: Study) -> None:
+    """A GPU share is a fraction below one or whole GPUs, and only a single-worker trial may take a fraction.
+
+    Two ranks of one NCCL group on the same GPU fail or deadlock, and Ray would place two
+    fractional workers of a trial on one GPU whenever they fit.
+    """
+    resources = study.resources
+    gpus = resources.gpus_per_worker
+    if gpus > 1 and not gpus.is_integer():
+        raise ConfigError(f"resources.gpus_per_worker={gpus}: expected a fraction below 1 or a whole number of GPUs")
+    if resources.workers_per_trial > 1 and 0 < gpus < 1:
+        raise ConfigError(
+            f"resources.gpus_per_worker={gpus} with workers_per_trial={resources.workers_per_trial}: "
+            f"a multi-worker trial needs whole GPUs (two of its ranks could share one GPU); use 1, or workers_per_trial=1"
+        )
 
 
 def check_variants(trials: list[Trial]) -> None:

@@ -1,7 +1,8 @@
 """Ray Tune for a sweep: which Tune experiments to run, their Tuners (new or restored), each trial's outcome.
 
 Without a search the whole grid (and the untuned baselines) is one Tune experiment named after
-the sweep; with one, each grid point gets its own Optuna search of `search.num_samples` trials.
+the sweep and its MLflow parent run (state from another store is never reused); with one, each
+grid point gets its own Optuna search of `search.num_samples` trials.
 A Tune experiment whose folder exists under the storage path is resumed with `Tuner.restore`:
 finished trials stay finished, interrupted and errored ones continue from their last checkpoint
 (a new Tuner would start over: ray#28722). Never uses `fail_fast`: it makes a sweep
@@ -32,11 +33,21 @@ def untuned_trials(study: Study, trials: list[Trial]) -> list[Trial]:
     return list({baseline.key: baseline for baseline in map(untuned_trial, trials)}.values())
 
 
+def tune_state_name(study: Study, parent_run_id: str) -> str:
+    """The folder name of a sweep's Ray state: the sweep and its MLflow parent run in this store.
+
+    Tune and Train state is only resumed together with the store that recorded it: another store
+    (a fresh cluster's, an emptied one) has another parent run, so its sweep starts afresh
+    instead of replaying finished trials that this store never saw.
+    """
+    return f"{sweep_name(study)}-run{parent_run_id[:8]}"
+
+
 def plan_experiments(
-    study: Study, trials: list[Trial], untuned: list[Trial], space: dict[str, Any] | None
+    study: Study, trials: list[Trial], untuned: list[Trial], space: dict[str, Any] | None, parent_run_id: str
 ) -> list[tuple[str, dict, bool]]:
     """(Tune experiment name, param space, searched?): the grid in one experiment, or one search per point."""
-    name = sweep_name(study)
+    name = tune_state_name(study, parent_run_id)
     baselines = [{"kind": "untuned", "point": trial.point} for trial in untuned]
     if space is None:
         entries = [{"kind": "trial", "point": trial.point} for trial in trials] + baselines
@@ -57,7 +68,7 @@ def run_tune(
 ) -> list[TrialOutcome]:
     """Run each planned Tune experiment (restored when its folder exists); every trial's outcome."""
     outcomes = []
-    for name, param_space, searched in plan_experiments(study, trials, untuned, space):
+    for name, param_space, searched in plan_experiments(study, trials, untuned, space, context.parent_run_id):
         tuner = make_tuner(study, trials, name, param_space, searched, context, progress)
         for result in tuner.fit():
             outcomes.append(outcome_of(result, context, progress))

@@ -3,7 +3,8 @@
 A checkpoint folder describes itself: the model and tokenizer (`save_pretrained`), the trainer
 state (step, optimiser, schedule, each rank's RNG states, world size, token and config digests),
 the config as YAML and the metrics as JSON. A checkpoint written for other token ids or another
-world size is refused on resume, since continuing it would silently change the result.
+world size, or with another value of a config key that shapes the result (every key but
+RESULT_NEUTRAL_KEYS), is refused on resume, since continuing it would silently change the result.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ import yaml
 from itstudy.config import ConfigError, Study, config_digest, to_plain
 
 TRAINER_STATE = "trainer_state.pt"
+RESULT_NEUTRAL_KEYS = (
+    "name",
+    "description",
+    "tracking",
+    "resources",  # the world size, which does change the data split, is checked on its own
+    "grid",  # a trial's config holds its point's values; the other points do not shape it
+    "search",
+    "baselines",
+    "train.checkpoints_to_keep",
+    "train.max_failures",
+    "train.log_every_steps",
+    "train.fail_at_step",
+)
+"""Config keys (and sections) a run may change and still resume: they do not change its result."""
 
 
 def write_checkpoint(
@@ -46,8 +61,14 @@ def write_checkpoint(
     return folder
 
 
-def read_trainer_state(folder: Path, token_digest: str, world_size: int) -> dict:
-    """The saved trainer state, refused if it belongs to other data or another world size."""
+def read_trainer_state(folder: Path, token_digest: str, world_size: int, study: Study) -> dict:
+    """The saved trainer state, refused if it belongs to other data, another world size or another result config."""
+    changed = _changed_keys(yaml.safe_load((folder / "config.yaml").read_text()), to_plain(study))
+    if changed:
+        raise ConfigError(
+            f"checkpoint {folder}: written with another value of {', '.join(changed)}; resuming would mix two "
+            f"configs in one result: restore the old value, or start a new run (another study name or tracking.experiment)"
+        )
     state = torch.load(folder / TRAINER_STATE, weights_only=False)
     if state["token_digest"] != token_digest:
         raise ConfigError(
@@ -60,6 +81,19 @@ def read_trainer_state(folder: Path, token_digest: str, world_size: int) -> dict
             f"resuming would change the data split and the result; use resources.workers_per_trial={state['world_size']}"
         )
     return state
+
+
+def _changed_keys(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs, leaving out RESULT_NEUTRAL_KEYS."""
+    if prefix.rstrip(".") in RESULT_NEUTRAL_KEYS:
+        return []
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return [prefix.rstrip(".")] if saved != current else []
+    return [
+        changed
+        for key in sorted(saved.keys() | current.keys())
+        for changed in _changed_keys(saved.get(key), current.get(key), f"{prefix}{key}.")
+    ]
 
 
 # --- random state ------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
     plan = StepPlan([len(e.input_ids) + len(e.labels) for e in job.data.train], train.global_batch_size, study.seed)
 
     restored = reporter.restored_checkpoint()
-    saved = read_trainer_state(restored, job.data.token_digest, reporter.world_size) if restored else None
+    saved = read_trainer_state(restored, job.data.token_digest, reporter.world_size, study) if restored else None
     model = load_model(restored / "model") if restored else build_model(study.model.name, job.tokenizer, study.seed)
     model.to(reporter.device)
     trained = DistributedDataParallel(model, device_ids=_device_ids(reporter)) if reporter.world_size > 1 else model
