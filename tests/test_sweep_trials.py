@@ -206,3 +206,17 @@ def test_make_trial_applies_the_point_as_overrides():
     trial = make_trial(_study(), {"train.learning_rate": 3e-4, "seed": 7})
     assert trial.study.train.learning_rate == 3e-4 and trial.study.seed == 7
     assert "_lr0.0003_" in trial.key
+
+
+def test_another_store_more_workers_or_a_new_description_resume_the_same_sweep_and_trials():
+    study = load_study(DEMO)
+    moved = load_study(DEMO, ["tracking.experiment=elsewhere", "resources.cpus_per_worker=2", "description=again"])
+    assert sweep_name(moved) == sweep_name(study)
+    assert [trial.key for trial in expand_grid(moved)] == [trial.key for trial in expand_grid(study)]
+
+
+def test_a_key_that_shapes_the_result_names_a_new_sweep_and_new_trials():
+    study = load_study(DEMO)
+    changed = load_study(DEMO, ["train.learning_rate=3e-3"])
+    assert sweep_name(changed) != sweep_name(study)
+    assert not {trial.key for trial in expand_grid(changed)} & {trial.key for trial in expand_grid(study)}

@@ -5,7 +5,7 @@ and its digest (`digest`). Import from here:
     study = load_study("experiments/demo.yaml", ["train.learning_rate=1e-4"])
 """
 
-from itstudy.config.digest import config_digest, to_plain
+from itstudy.config.digest import NAME_NEUTRAL_KEYS, config_digest, identity_digest, to_plain
 from itstudy.config.loading import at_grid_point, load_study, study_from_dict, with_overrides
 from itstudy.config.spec import (
     SUPERNI_COMMIT,
@@ -44,6 +44,8 @@ __all__ = [
     "VariantConfig",
     "at_grid_point",
     "config_digest",
+    "identity_digest",
+    "NAME_NEUTRAL_KEYS",
     "gradient_accumulation",
     "load_study",
     "study_from_dict",

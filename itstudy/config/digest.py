@@ -1,4 +1,4 @@
-"""A study as plain data, and the short digest of it that names sweeps, trials and runs."""
+"""A study as plain data, and the short digests of it that tag runs and name sweeps and trials."""
 
 from __future__ import annotations
 
@@ -16,3 +16,20 @@ def to_plain(study: Study) -> dict:
 def config_digest(study: Study) -> str:
     """A short stable hash of the full config: same config, same digest, same run names."""
     return hashlib.sha256(json.dumps(to_plain(study), sort_keys=True).encode()).hexdigest()[:10]
+
+
+NAME_NEUTRAL_KEYS = ("description", "tracking", "resources", "train.max_failures", "train.checkpoints_to_keep", "train.log_every_steps")
+"""Keys that change neither a run's result nor the sweep's plan: a rerun that changes only these
+(another store, more workers, a new description) resumes the same sweep, trials and runs."""
+
+
+def identity_digest(study: Study) -> str:
+    """The short hash that names sweeps, trials and runs: the config without NAME_NEUTRAL_KEYS."""
+    plain = to_plain(study)
+    for dotted in NAME_NEUTRAL_KEYS:
+        *sections, last = dotted.split(".")
+        node = plain
+        for section in sections:
+            node = node[section]
+        node.pop(last)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:10]

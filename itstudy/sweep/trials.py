@@ -4,7 +4,10 @@ The key is what makes resuming flag-free: the same experiment file and overrides
 the same trial keys, the same sweep name and hence the same Tune experiment folder and the same
 MLflow runs. A key reads like `def-simplified+ex-original_n10_s1_3fa2c9d1`: the variant, the
 training instances per task, the seed, any other swept value, and the first eight hex digits
-of the trial's full config digest (so two trials can never share a key).
+of the trial's identity digest: its whole config except the keys that change neither its
+result nor the plan (`itstudy.config.NAME_NEUTRAL_KEYS`: tracking, resources, description...),
+so two different trials never share a key and moving a study to another store or more workers
+resumes it.
 
 This module is plain Python (no Ray, no MLflow). It refuses nothing itself: every grid point
 was validated when the study was loaded (`itstudy.config.study_from_dict`).
@@ -17,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, at_grid_point, config_digest
+from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, at_grid_point, config_digest, identity_digest
 
 # Axes that every trial key names, whether or not they are swept: what a reader of a run list
 # needs in order to tell trials apart at a glance.
@@ -69,8 +72,9 @@ class Trial:
 
 
 def sweep_name(study: Study) -> str:
-    """The sweep's name: the study name and its config digest (same config, same sweep)."""
-    return f"{study.name}-{config_digest(study)[:8]}"
+    """The sweep's name: the study name and its identity digest (same config, same sweep; a change of
+    store, resources or description alone resumes it)."""
+    return f"{study.name}-{identity_digest(study)[:8]}"
 
 
 def grid_points(study: Study) -> list[dict[str, Any]]:
@@ -93,7 +97,7 @@ def expand_grid(study: Study) -> list[Trial]:
 
 def trial_key(resolved: Study, point: dict[str, Any]) -> str:
     """`<variant>_n<instances>_s<seed>[_<other swept values>]_<digest8>` of a resolved trial."""
-    return "_".join([*_named_parts(resolved, point, with_seed=True), config_digest(resolved)[:8]])
+    return "_".join([*_named_parts(resolved, point, with_seed=True), identity_digest(resolved)[:8]])
 
 
 def _named_parts(resolved: Study, point: dict[str, Any], with_seed: bool) -> list[str]:
@@ -121,7 +125,7 @@ def evaluation_set_key(study: Study) -> str:
     defaults = DataConfig()
     data = study.data.model_copy(update={name: getattr(defaults, name) for name in _TRAINING_ONLY_DATA_FIELDS})
     probe = Study(name=study.name, data=data)
-    return config_digest(probe)[:8]
+    return identity_digest(probe)[:8]
 
 
 def untuned_trial(trial: Trial) -> Trial:
@@ -141,5 +145,5 @@ def untuned_trial(trial: Trial) -> Trial:
         update={"data": data, "train": TrainConfig(**kept_train), "resources": ResourcesConfig(), "search": None}
     )
     label = f"untuned_{study.variant.name}" + (f"_n{study.data.instances_per_task}" if study.model.tokenizer == "bpe" else "")
-    key = f"baseline-{label}_s{study.seed}_{config_digest(probe)[:8]}"
+    key = f"baseline-{label}_s{study.seed}_{identity_digest(probe)[:8]}"
     return Trial(key=key, point=dict(trial.point), study=probe, label=label)

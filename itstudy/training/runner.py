@@ -35,7 +35,7 @@ import transformers
 from ray.train.torch import TorchTrainer
 
 from itstudy import paths
-from itstudy.config import ConfigError, Study, config_digest, gradient_accumulation
+from itstudy.config import ConfigError, Study, config_digest, gradient_accumulation, identity_digest
 from itstudy.tracking import (
     RunLogger,
     check_tracking,
@@ -98,7 +98,7 @@ def prepare_job(study: Study, run_id: str | None = None, tracking_uri: str | Non
 
 def run_name(study: Study) -> str:
     """Deterministic from the config: the same command resumes the same Ray run and MLflow run."""
-    return f"{study.name}-train-{config_digest(study)}"
+    return f"{study.name}-train-{identity_digest(study)}"
 
 
 # --- Ray Train -----------------------------------------------------------------------------------
