@@ -13,6 +13,7 @@ import collections
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+
+from itstudy.ui import wait_until_ready
 
 from itstudy.config import load_study
 from itstudy.sweep.trials import expand_grid, sweep_name
@@ -178,18 +181,22 @@ STUDY = [
 ]
 
 
-def _env(home: Path) -> dict[str, str]:
+def _env(home: Path, uri: str | None = None) -> dict[str, str]:
+    """The study's store: `uri` (through the environment: an override would change run names), else
+    the SQLite file in `home`."""
     env = {**os.environ, "ITSTUDY_HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
     return env
 
 
-def _start(home: Path, log: Path) -> subprocess.Popen:
+def _start(home: Path, log: Path, uri: str | None = None) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "itstudy.cli", "run", DEMO, *STUDY],
             cwd=REPO,
-            env=_env(home),
+            env=_env(home, uri),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -201,11 +208,11 @@ def _finish(process: subprocess.Popen, log: Path, timeout_s: float = 300) -> str
     return log.read_text()
 
 
-def _study_runs(home: Path) -> dict[str, tuple[str, collections.Counter]]:
+def _study_runs(home: Path, uri: str | None = None) -> dict[str, tuple[str, collections.Counter]]:
     """Every child run of the study (trials, baselines): its name -> (status, values per (key, step)).
 
     The parent run is left out: its progress metrics count the events of each invocation."""
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = uri or f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("demo")
     runs = {}
@@ -255,9 +262,9 @@ def test_a_study_started_twice_at_once_runs_once_and_the_other_is_refused_in_one
     refused = logs[codes.index(2)]
     assert "is already running (pid" in refused and "Traceback" not in refused, refused[-2000:]
     assert len(refused.strip().splitlines()) <= 3, refused
-    trial = next(history for name, (status, history) in runs.items() if name.startswith("trial-"))
+    (trial,) = [history for status, history in runs.values() if ("train_loss", 5) in history]
     assert set(trial.values()) == {1}, "no step trained twice into the run"
-    assert ("exact_match", 60) in trial and ("train_loss", 5) in trial
+    assert ("exact_match", 60) in trial and ("train_loss", 60) in trial
 
 
 @pytest.mark.ray
@@ -287,3 +294,70 @@ def test_a_killed_driver_with_a_corrupt_latest_checkpoint_resumes_losing_and_dou
     assert second.returncode == 0, output[-3000:]
     assert f"checkpoint {latest} is unusable" in output
     _assert_same_as(reference, _study_runs(home))
+
+
+def _wait_for(condition, process: subprocess.Popen, log: Path, what: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"the sweep ended before {what}: " + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.2)
+
+
+def _mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    command += ["--serve-artifacts", "--artifacts-destination", (folder / "artifacts").as_uri()]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "a") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+    wait_until_ready(f"http://127.0.0.1:{port}", server, timeout_s=60)
+    return server
+
+
+@pytest.mark.ray
+def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing(clean_reference, tmp_path):
+    reference = clean_reference[3]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    home, server_log = tmp_path / "home", tmp_path / "server.log"
+    server = _mlflow_server(tmp_path, port, server_log)
+    study = load_study(REPO / DEMO, STUDY)
+    journal = home / "ray_results" / f"{sweep_name(study)}-journal"
+    sweep = _start(home, tmp_path / "sweep.log", uri)
+    try:
+        def trial_checkpointed() -> bool:
+            return any(journal.glob("*.jsonl")) and any(
+                point.key == "exact_match" for path in journal.glob("*.jsonl") for point in MetricJournal(path).read()
+            )
+
+        _wait_for(trial_checkpointed, sweep, tmp_path / "sweep.log", "the first evaluation")
+        os.killpg(server.pid, signal.SIGKILL)  # down from step 10 until after the trial's end
+        server.wait()
+
+        def trial_ended() -> bool:
+            points = (point for path in journal.glob("*.jsonl") for point in MetricJournal(path).read())
+            return any((point.key, point.step) == ("exact_match", 60) for point in points)
+
+        _wait_for(trial_ended, sweep, tmp_path / "sweep.log", "the trial's last evaluation")
+        time.sleep(10)  # the trial tries to end its run against the dead server
+        server = _mlflow_server(tmp_path, port, server_log)
+        output = _finish(sweep, tmp_path / "sweep.log", timeout_s=400)
+        assert sweep.returncode == 0, output[-3000:]
+
+        synced = subprocess.run(
+            [sys.executable, "-m", "itstudy.cli", "sync", DEMO, *STUDY],
+            cwd=REPO,
+            env=_env(home, uri),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert synced.returncode == 0 and "every recorded metric of demo is in MLflow" in synced.stdout, synced
+        _assert_same_as(reference, _study_runs(home, uri))
+    finally:
+        if sweep.poll() is None:
+            _kill_tree(sweep)
+        os.killpg(server.pid, signal.SIGKILL)

@@ -21,8 +21,9 @@ What one invocation does:
    trials stay finished, interrupted and errored ones continue from their last checkpoint. With
    a search space, each grid point gets its own Optuna search of `search.num_samples` trials;
 5. the end (`summary`): `trials.csv` and the comparison table on the parent run, which ends
-   FINISHED when every trial finished, else FAILED; child runs a dying trial left RUNNING are
-   ended FAILED with the reason tagged; the metric records are sent again, and if MLflow still
+   FINISHED when every trial finished, else FAILED; child runs left RUNNING are ended FINISHED
+   if Tune saw their trial finish (the store was down when it ended them), else FAILED with the
+   reason tagged; the metric records are sent again, and if MLflow still
    lacks some, one line says so and how to send them later.
 """
 
@@ -70,15 +71,17 @@ def run_sweep(study: Study, experiment_file: Path | None = None) -> SweepResult:
         send_records(study, uri, experiment_file)
         parent = open_parent_run(study, found, trials, untuned, uri, experiment_file)
         status = "KILLED"  # unless the sweep ends or fails below: an interrupt or exit
+        finished: frozenset[str] = frozenset()
         try:
             result = _run_trials(study, trials, untuned, uri, experiment_id, parent, experiment_file)
+            finished = frozenset(o.run_id for o in result.outcomes if o.status == "FINISHED" and o.run_id)
             status = "FAILED" if result.failed else "FINISHED"
             return result
         except Exception:
             status = "FAILED"
             raise
         finally:
-            close_orphans(uri, experiment_id, parent.run_id, LEFT_BY_DEAD_TRIAL)
+            close_orphans(uri, experiment_id, parent.run_id, LEFT_BY_DEAD_TRIAL, finished)
             send_records(study, uri, experiment_file)
             parent.end(status)
 
