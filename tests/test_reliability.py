@@ -125,7 +125,8 @@ def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     overrides = ["resources.workers_per_trial=1", "train.per_device_batch_size=4", "train.max_steps=30"]
-    study = load_study(TRAIN_TINY, [*overrides, "train.eval_every_steps=10", f"data.cache_dir={tmp_path_factory.mktemp('c')}"])
+    overrides += ["train.eval_every_steps=10", f"data.cache_dir={tmp_path_factory.mktemp('cache')}"]
+    study = load_study(TRAIN_TINY, overrides)
     tokenizer, data = prepare_run(study)
     return study, tokenizer, data
 
@@ -268,7 +269,7 @@ def test_a_study_started_twice_at_once_runs_once_and_the_other_is_refused_in_one
 
 
 @pytest.mark.ray
-def test_a_killed_driver_with_a_corrupt_latest_checkpoint_resumes_losing_and_doubling_nothing(clean_reference, tmp_path):
+def test_a_killed_driver_and_a_corrupt_latest_checkpoint_lose_and_double_nothing(clean_reference, tmp_path):
     reference = clean_reference[3]
     home = tmp_path / "home"
     study = load_study(REPO / DEMO, STUDY)
@@ -361,3 +362,42 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
         if sweep.poll() is None:
             _kill_tree(sweep)
         os.killpg(server.pid, signal.SIGKILL)
+
+
+def _trial_worker(driver: subprocess.Popen) -> psutil.Process | None:
+    """The Ray worker process running the Tune trial (titled `ray::ImplicitFunc...` or after the trainable)."""
+    for child in psutil.Process(driver.pid).children(recursive=True):
+        try:
+            title = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if title.startswith("ray::") and ("ImplicitFunc" in title or "run_trial" in title):
+            return child
+    return None
+
+
+@pytest.mark.ray
+def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling_nothing(clean_reference, tmp_path):
+    reference = clean_reference[3]
+    home = tmp_path / "home"
+    study = load_study(REPO / DEMO, STUDY)
+    (trial,) = expand_grid(study)
+    trial_dir = home / "ray_results" / sweep_name(study) / trial.key
+    sweep = _start(home, tmp_path / "sweep.log")
+    try:
+        _wait_for(
+            lambda: len(list(trial_dir.glob(f"{CHECKPOINT_PREFIX}*/{MANIFEST}"))) >= 2,
+            sweep,
+            tmp_path / "sweep.log",
+            "a second checkpoint",
+        )
+        worker = _trial_worker(sweep)
+        assert worker is not None, [" ".join(p.cmdline()) for p in psutil.Process(sweep.pid).children(recursive=True)]
+        worker.send_signal(signal.SIGKILL)
+        output = _finish(sweep, tmp_path / "sweep.log")
+    finally:
+        if sweep.poll() is None:
+            _kill_tree(sweep)
+
+    assert sweep.returncode == 0, output[-3000:]
+    _assert_same_as(reference, _study_runs(home))

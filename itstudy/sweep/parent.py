@@ -62,7 +62,9 @@ def model_free_baselines(study: Study, trials: list[Trial], parent_run_id: str) 
     return results
 
 
-def close_orphans(uri: str, experiment_id: str, parent_run_id: str, reason: str, finished: frozenset[str] = frozenset()) -> None:
+def close_orphans(
+    uri: str, experiment_id: str, parent_run_id: str, reason: str, finished: frozenset[str] = frozenset()
+) -> None:
     """End every child run still RUNNING: FINISHED if its id is in `finished` (its trial finished but
     could not end its run: the store was down), else FAILED with `reason` tagged."""
     for run in find_runs(uri, experiment_id, {"mlflow.parentRunId": parent_run_id}, status="RUNNING"):

@@ -134,7 +134,7 @@ class HeldPoints:
 def replay(journal: MetricJournal, uri: str) -> int:
     """Send the store at `uri` the recorded points its run lacks; the number sent. Raises if MLflow
     fails (nothing is lost: the record stays)."""
-    if journal.synced():
+    if journal.synced() or not journal.path.exists():
         return 0
     client, run_id = MlflowClient(tracking_uri=uri), journal.run_id
     points = HeldPoints(client, run_id).missing(journal.read())

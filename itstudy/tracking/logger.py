@@ -259,7 +259,8 @@ class RunLogger:
             raise ValueError(f"run status must be one of {TERMINAL_STATUSES}, got {status!r}")
         if not self.flush():
             kept = f"kept in {self.journal.path} for `itstudy sync`" if self.journal else "lost"
-            log.warning("%d metric values of run %s could not be sent to MLflow: %s", len(self._pending), self.run_id, kept)
+            unsent = len(self._pending)
+            log.warning("%d metric values of run %s could not be sent to MLflow: %s", unsent, self.run_id, kept)
         self.set_tags({STATUS_TAG: status})
         self._attempt("end run", lambda: self.client.set_terminated(self.run_id, status))
 

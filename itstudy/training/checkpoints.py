@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.pt"
 MANIFEST = "manifest.json"
 CHECKPOINT_PREFIX = "checkpoint_"
-"""Checkpoint folders are named with it and a zero-padded number (Ray's and the plain reporter's), so names sort by age."""
+"""Checkpoint folders are named with it and a zero-padded number (by Ray and the plain reporter): names sort by age."""
 
 
 def write_checkpoint(

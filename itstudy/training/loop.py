@@ -24,7 +24,8 @@ What one run does:
   `itstudy.tracking.RunLogger`, never raised into training.
 
 Resuming from a checkpoint (`itstudy.training.checkpoints`; a partial or corrupt latest one is
-skipped for the previous one) replays exactly what an uninterrupted run does: the data order is a function of (seed, step), and the RNG states are restored per rank.
+skipped for the previous one) replays exactly what an uninterrupted run does: the data order is
+a function of (seed, step), and the RNG states are restored per rank.
 The run is ended (FINISHED / FAILED) by the driver, which also knows where Ray stored the final
 checkpoint.
 
