@@ -119,6 +119,25 @@ def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri
     assert [m.value for m in sorted(values, key=lambda m: m.step)] == [1.5, 1.2, 1.0], "the first recorded value wins"
 
 
+# --- the lease of a server store -----------------------------------------------------------------
+
+
+def test_a_live_lease_refuses_a_second_holder_and_a_stale_one_is_taken_over(sqlite_uri):
+    from itstudy.sweep.lock import HEARTBEAT_TAG, HOLDER_TAG, StudyLocked, _lease
+
+    run_id = _new_run(sqlite_uri, "lease")
+    with _lease(sqlite_uri, run_id, "demo-1234"):
+        with pytest.raises(StudyLocked, match=r"sweep demo-1234 is already running \(pid \d+ on "):
+            with _lease(sqlite_uri, run_id, "demo-1234"):
+                pass
+    assert MlflowClient(tracking_uri=sqlite_uri).get_run(run_id).data.tags[HOLDER_TAG] == "", "released at the end"
+
+    # A holder SIGKILLed ten minutes ago: its heartbeat is stale, the lease is taken over.
+    RunLogger(sqlite_uri, run_id).set_tags({HOLDER_TAG: "pid 1 on elsewhere", HEARTBEAT_TAG: time.time() - 600})
+    with _lease(sqlite_uri, run_id, "demo-1234"):
+        assert MlflowClient(tracking_uri=sqlite_uri).get_run(run_id).data.tags[HOLDER_TAG].startswith(f"pid {os.getpid()} ")
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 
@@ -343,10 +362,15 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
             return any((point.key, point.step) == ("exact_match", 60) for point in points)
 
         _wait_for(trial_ended, sweep, tmp_path / "sweep.log", "the trial's last evaluation")
-        time.sleep(10)  # the trial tries to end its run against the dead server
+        # The trial gives up sending (longer than its retries) and leaves the rest in its record.
+        def gave_up() -> bool:
+            return "for `itstudy sync`" in (tmp_path / "sweep.log").read_text()
+
+        _wait_for(gave_up, sweep, tmp_path / "sweep.log", "the trial giving up on MLflow")
         server = _mlflow_server(tmp_path, port, server_log)
         output = _finish(sweep, tmp_path / "sweep.log", timeout_s=400)
         assert sweep.returncode == 0, output[-3000:]
+        assert "recorded metric values that MLflow" in output, "the driver sent what the trial could not"
 
         synced = subprocess.run(
             [sys.executable, "-m", "itstudy.cli", "sync", DEMO, *STUDY],
