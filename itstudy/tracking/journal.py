@@ -93,8 +93,9 @@ class MetricJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(copy, self.path)
 
-    def mark_synced(self) -> None:
-        (self.path.parent / (self.path.name + SYNCED_SUFFIX)).write_text(str(self.path.stat().st_size))
+    def mark_synced(self, size: int) -> None:
+        """MLflow holds the first `size` bytes of the record (measured before they were read)."""
+        (self.path.parent / (self.path.name + SYNCED_SUFFIX)).write_text(str(size))
 
     def synced(self) -> bool:
         """Whether MLflow held the whole record when it was last synced and nothing was appended since."""
@@ -137,10 +138,11 @@ def replay(journal: MetricJournal, uri: str) -> int:
     if journal.synced() or not journal.path.exists():
         return 0
     client, run_id = MlflowClient(tracking_uri=uri), journal.run_id
+    size = journal.path.stat().st_size  # lines appended while this runs are left for the next replay
     points = HeldPoints(client, run_id).missing(journal.read())
     for start in range(0, len(points), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
-    journal.mark_synced()
+    journal.mark_synced(size)
     return len(points)
 
 
