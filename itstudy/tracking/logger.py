@@ -253,14 +253,18 @@ class RunLogger:
     def log_error(self, text: str) -> None:
         self.log_text(text, "error.txt")
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Flush, tag `itstudy.status`, and terminate the run with FINISHED, FAILED or KILLED."""
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"run status must be one of {TERMINAL_STATUSES}, got {status!r}")
+    def close(self) -> None:
+        """Send what is buffered; say how many values could not be sent, and where they are kept."""
         if not self.flush():
             kept = f"kept in {self.journal.path} for `itstudy sync`" if self.journal else "lost"
             unsent = len(self._pending)
             log.warning("%d metric values of run %s could not be sent to MLflow: %s", unsent, self.run_id, kept)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Flush, tag `itstudy.status`, and terminate the run with FINISHED, FAILED or KILLED."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"run status must be one of {TERMINAL_STATUSES}, got {status!r}")
+        self.close()
         self.set_tags({STATUS_TAG: status})
         self._attempt("end run", lambda: self.client.set_terminated(self.run_id, status))
 

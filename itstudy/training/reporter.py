@@ -77,7 +77,7 @@ class Reporter:
         try:
             yield
         finally:
-            self.logger.flush()  # a failing worker's buffered metrics are kept too
+            self.logger.close()  # a failing worker's buffered metrics are sent (or kept in the record) too
             self.logger = None
 
     @property
