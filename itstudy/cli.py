@@ -1,6 +1,7 @@
 """`itstudy` command line: parses arguments and calls one function per command.
 
     itstudy run      experiments/demo.yaml [KEY=VALUE ...]   a whole study: trials x baselines, in MLflow
+    itstudy sync     experiments/demo.yaml [KEY=VALUE ...]   send MLflow the metrics an outage kept from it
     itstudy train    experiments/train_tiny.yaml [KEY=VALUE ...]   one training run on Ray Train
     itstudy baseline random majority --experiment FILE [--seeds 1 2 3] [--set KEY=VALUE ...]
     itstudy bench    train --shape t5-small ...
@@ -28,6 +29,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run_sweep(study, experiment_file=Path(args.experiment))
     return 1 if result.failed else 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    study = load_study(args.experiment, args.overrides)
+    from itstudy.sweep.driver import send_records
+    from itstudy.sweep.trials import sweep_name
+    from itstudy.tracking import check_tracking, experiment_id_of, experiment_name, find_runs, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(study.tracking)
+    check_tracking(uri)
+    experiment_id = experiment_id_of(uri, experiment_name(study))
+    identity = {"itstudy.kind": "sweep", "itstudy.sweep": sweep_name(study)}
+    parents = find_runs(uri, experiment_id, identity) if experiment_id else []
+    if not parents:
+        print(f"itstudy: no sweep {sweep_name(study)} in {uri}: nothing to sync (same overrides as the run?)", file=sys.stderr)
+        return 2
+    unsent = send_records(study, uri, parents[0].info.run_id, Path(args.experiment))
+    if not unsent:
+        print(f"every recorded metric of {study.name} is in MLflow ({uri})")
+    return 1 if unsent else 0
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -72,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", help="experiment YAML file")
     run.add_argument("overrides", nargs="*", help=overrides_help)
     run.set_defaults(func=cmd_run)
+
+    sync = commands.add_parser("sync", help="send MLflow the metrics a study recorded but could not send (an outage)")
+    sync.add_argument("experiment", help="experiment YAML file")
+    sync.add_argument("overrides", nargs="*", help=overrides_help)
+    sync.set_defaults(func=cmd_sync)
 
     train = commands.add_parser("train", help="run one training run on Ray Train")
     train.add_argument("experiment", help="experiment YAML file")

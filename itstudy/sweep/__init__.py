@@ -7,6 +7,7 @@ One concept per module, in the order a sweep meets them:
 - `trials`: the grid expanded into trials with stable keys (plain Python);
 - `preflight`: what is refused before Ray starts or MLflow is written;
 - `parent`: the sweep's MLflow parent run, its model-free baselines, orphaned child runs;
+- `lock`: one invocation of a sweep at a time (file lock or lease), serialised store creation;
 - `cluster`: the Ray session, the tracking URI workers reach, per-trial resources;
 - `tuning`: the Tune experiments planned, their Tuners (new or restored), each trial's outcome;
 - `trainable`: what runs inside one Tune trial;

@@ -1,8 +1,10 @@
-"""The sweep's MLflow parent run: opened (or found again), its model-free baselines, its orphans closed.
+"""The sweep's MLflow parent run: found (or created), opened, its model-free baselines, its orphans closed.
 
 One parent run per sweep, named `<study>-<digest8>` and found again by that name, so a rerun of
 the same command continues it. It holds the experiment file, the config, the trial list and the
-code version; every trial and baseline is one of its child runs.
+code version; every trial and baseline is one of its child runs. A child run is never left
+RUNNING: one that a killed driver or trial left so is ended FAILED with the reason in the tag
+`itstudy.failure_reason` (a resumed trial reopens it).
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ from itstudy.baseline_run import BaselineResults, run_baselines
 from itstudy.baselines import BASELINES as MODEL_FREE_BASELINES
 from itstudy.config import Study
 from itstudy.sweep.trials import Trial, evaluation_set_key, sweep_name
-from itstudy.tracking import RunLogger, find_runs, get_or_create_run, reopen_run
+from itstudy.tracking import FAILURE_REASON_TAG, FoundRun, RunLogger, find_runs, get_or_create_run, reopen_run
+
+
+def find_parent_run(study: Study, uri: str, experiment_id: str) -> FoundRun:
+    """The sweep's parent run, found by its name (a rerun continues it) or created."""
+    name = sweep_name(study)
+    identity = {"itstudy.kind": "sweep", "itstudy.sweep": name}
+    return get_or_create_run(uri, experiment_id, name, identity, tags={"itstudy.study": study.name})
 
 
 def open_parent_run(
-    study: Study, trials: list[Trial], untuned: list[Trial], uri: str, experiment_id: str, experiment_file: Path | None
+    study: Study, found: FoundRun, trials: list[Trial], untuned: list[Trial], uri: str, experiment_file: Path | None
 ) -> RunLogger:
-    """The sweep's parent run, found by its name (a rerun continues it) or created; config and trial list logged."""
+    """The parent run `found` marked RUNNING again, its config and trial list logged."""
     name = sweep_name(study)
-    identity = {"itstudy.kind": "sweep", "itstudy.sweep": name}
-    found = get_or_create_run(uri, experiment_id, name, identity, tags={"itstudy.study": study.name})
     if not found.created:
         print(f"[{name}] resuming sweep: MLflow parent run {found.run_id}")
     reopen_run(uri, found.run_id)
@@ -55,7 +62,15 @@ def model_free_baselines(study: Study, trials: list[Trial], parent_run_id: str) 
     return results
 
 
-def close_orphans(uri: str, experiment_id: str, parent_run_id: str) -> None:
-    """End KILLED every child run still RUNNING: its trial was stopped before it could end its run."""
+def close_orphans(
+    uri: str, experiment_id: str, parent_run_id: str, reason: str, finished: frozenset[str] = frozenset()
+) -> None:
+    """End every child run still RUNNING: FINISHED if its id is in `finished` (its trial finished but
+    could not end its run: the store was down), else FAILED with `reason` tagged."""
     for run in find_runs(uri, experiment_id, {"mlflow.parentRunId": parent_run_id}, status="RUNNING"):
-        RunLogger(uri, run.info.run_id).end("KILLED")
+        logger = RunLogger(uri, run.info.run_id)
+        if run.info.run_id in finished:
+            logger.end("FINISHED")
+            continue
+        logger.set_tags({FAILURE_REASON_TAG: reason})
+        logger.end("FAILED")

@@ -12,20 +12,27 @@ Inside the trial:
    misconfigured worker fails here, loudly, not by silently logging somewhere else);
 2. find the trial's MLflow child run by its key, or create it: a resumed trial continues its
    run instead of adding a second one. A run already FINISHED means the trial is done: its
-   metrics are reported to Tune again and nothing is trained (Tune's own state may lag the
-   last seconds before a driver was killed);
+   metrics (from its metric record) are reported to Tune again and nothing is trained (Tune's
+   own state may lag the last seconds before a driver was killed); otherwise what an earlier
+   attempt recorded but could not send is sent first;
 3. run it: one worker trains right here with the training loop and `TuneReporter` (no Ray
    Train controller to start: measured in cluster/README.md); several workers run a
    `TorchTrainer` inside the trial, named by the trial key so that a restarted trial resumes
    from its last checkpoint; the untuned baseline evaluates the initial model zero-shot;
 4. end the run FINISHED, or FAILED with `error.txt` (`RunLogger` as a context manager), and
-   report the time spent in data preparation and in the training loop, from which the summary
-   derives orchestration overhead.
+   report to Tune the figures the loop measured (never read back from MLflow, which an outage
+   may have kept them from) with the time spent in data preparation and in the training loop,
+   from which the summary derives orchestration overhead.
+
+Every metric point goes to the run's write-ahead record in `context.journal_dir` first
+(`itstudy.tracking.journal`): MLflow gets each (key, step) once, and what it missed stays there
+for `itstudy sync`.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -39,13 +46,17 @@ from itstudy.config import study_from_dict
 from itstudy.sweep.trials import Trial, make_trial, untuned_trial
 from itstudy.tracking import (
     FoundRun,
+    MetricJournal,
     RunLogger,
     TrackingError,
     check_tracking,
     get_or_create_run,
     get_run,
     reopen_run,
+    replay,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class SweepContext:
     parent_run_id: str
     train_storage_path: str
     """Absolute folder (or URI) where multi-worker trials keep their Ray Train runs."""
+    journal_dir: str
+    """Absolute folder holding each child run's metric record, `<run id>.jsonl`."""
 
 
 def resolve_trial(config: dict[str, Any], context: SweepContext) -> Trial:
@@ -80,16 +93,29 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     transformers.utils.logging.disable_progress_bar()  # a bar per checkpoint write floods the driver's log
     check_worker_tracking(context)
     run = child_run(trial, kind, context)
+    journal = MetricJournal(Path(context.journal_dir) / f"{run.run_id}.jsonl")
     if run.status == "FINISHED":
-        ray.tune.report({**run.metrics, "already_finished": 1.0})
+        ray.tune.report({**(journal.latest() or run.metrics), "already_finished": 1.0})
         return
     reopen_run(context.tracking_uri, run.run_id)
-    with RunLogger(context.tracking_uri, run.run_id) as logger:  # ends the run FINISHED, or FAILED with error.txt
+    _send_earlier_record(journal, context.tracking_uri)
+    with RunLogger(context.tracking_uri, run.run_id, journal=journal) as logger:  # ends the run FINISHED, or FAILED
         logger.set_tags({"itstudy.tune_trial_id": ray.tune.get_context().get_trial_id()})
-        timing = _run_untuned(trial, logger) if kind == "untuned" else _run_training(trial, logger, context)
+        if kind == "untuned":
+            metrics, timing = _run_untuned(trial, logger)
+        else:
+            metrics, timing = _run_training(trial, logger, context)
         logger.log_metrics(timing, step=0)
     # The last report carries the run's final figures (Optuna and the summary read them) and timing.
-    ray.tune.report({**get_run(context.tracking_uri, run.run_id).data.metrics, **timing})
+    ray.tune.report({**metrics, **timing})
+
+
+def _send_earlier_record(journal: MetricJournal, uri: str) -> None:
+    """What an earlier attempt of this trial recorded but did not send (it was killed, or MLflow was down)."""
+    try:
+        replay(journal, uri)
+    except Exception as error:  # MLflow still down: the record stays for the driver's sync
+        log.warning("run %s: recorded metrics not sent yet (%s); kept in %s", journal.run_id, error, journal.path)
 
 
 def check_worker_tracking(context: SweepContext) -> None:
@@ -135,21 +161,21 @@ def trial_tags(trial: Trial, kind: str) -> dict[str, str]:
 # --- the three ways a trial runs ---------------------------------------------------------------
 
 
-def _run_training(trial: Trial, logger: RunLogger, context: SweepContext) -> dict[str, float]:
+def _run_training(trial: Trial, logger: RunLogger, context: SweepContext) -> tuple[dict[str, float], dict[str, float]]:
+    """Train the trial; (the loop's final metrics, timing)."""
     from itstudy.training.runner import build_trainer, prepare_job
 
     started = time.perf_counter()
     job = prepare_job(trial.study, run_id=logger.run_id, tracking_uri=context.tracking_uri)
+    job = dataclasses.replace(job, journal_path=str(logger.journal.path))
     prepared = time.perf_counter()
     if trial.study.resources.workers_per_trial == 1:
         # The lighter path: the loop runs in this Tune trial, no Train controller to start.
         from itstudy.training.loop import run_worker
         from itstudy.training.reporter import TuneReporter
 
-        reporter = TuneReporter()
-        _note_resume(reporter.restored_checkpoint(), logger)
-        run_worker(job, reporter)
-        return {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}
+        metrics = run_worker(job, TuneReporter())
+        return metrics, {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # Named by the trial key: a restarted trial resumes this Train run from its last checkpoint.
@@ -162,18 +188,13 @@ def _run_training(trial: Trial, logger: RunLogger, context: SweepContext) -> dic
     timing = {"prepare_s": prepared - started, "train_fit_s": time.perf_counter() - prepared}
     if "loop_s" in result.metrics:  # the loop's own time, when the Train workers report it
         timing["train_loop_s"] = result.metrics["loop_s"]
-    return timing
+    metrics = {key: value for key, value in result.metrics.items() if key != "step" and _is_number(value)}
+    return metrics, timing
 
 
-def _note_resume(checkpoint: Path | None, logger: RunLogger) -> None:
-    """Tag the run with the step it resumes from (the loop's checkpoints describe themselves in metrics.json)."""
-    if checkpoint is not None:
-        step = json.loads((checkpoint / "metrics.json").read_text())["step"]
-        logger.set_tags({"itstudy.resumed_from_step": step})
-
-
-def _run_untuned(trial: Trial, logger: RunLogger) -> dict[str, float]:
-    """The untuned baseline: the initial model (pretrained, or a seeded random init) zero-shot on the test prompts."""
+def _run_untuned(trial: Trial, logger: RunLogger) -> tuple[dict[str, float], dict[str, float]]:
+    """The untuned baseline: the initial model (pretrained, or a seeded random init) zero-shot on the
+    test prompts; (its metrics, timing)."""
     from itstudy.metrics import aggregate, score_predictions, task_rows
     from itstudy.training.evaluate import evaluation_predictions
     from itstudy.training.models import build_model, compute_dtype
@@ -192,5 +213,10 @@ def _run_untuned(trial: Trial, logger: RunLogger) -> dict[str, float]:
     logger.log_environment()
     scored = score_predictions(predictions)
     logger.log_prompts(data.sample_prompts)
-    logger.log_predictions([item.record() for item in scored], task_rows(scored), aggregate(scored))
-    return {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}
+    metrics = aggregate(scored)
+    logger.log_predictions([item.record() for item in scored], task_rows(scored), metrics)
+    return metrics, {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -4,6 +4,7 @@
   `itstudy_home()`), the loud `check_tracking`, experiments, what Ray workers need to reach it;
 - `runs`: runs created explicitly by id and found again by identity (`get_or_create_run`);
 - `logger`: `RunLogger`, which writes one run and maps how a block ended to the run's status;
+- `journal`: the write-ahead record of a run's metrics, replayed to MLflow once per (key, step);
 - `read`: a study read back for reports (runs as a DataFrame, artifacts, dataset digests).
 
     uri = resolve_tracking_uri(study.tracking); check_tracking(uri)
@@ -14,9 +15,11 @@
         logger.log_metrics({"train_loss": 2.3}, step=10)
 """
 
+from itstudy.tracking.journal import MetricJournal, replay, sync_folder
 from itstudy.tracking.logger import RunLogger
 from itstudy.tracking.read import download_artifact, experiment_id_of, list_artifacts, load_runs, run_dataset_digests
 from itstudy.tracking.runs import (
+    FAILURE_REASON_TAG,
     TERMINAL_STATUSES,
     FoundRun,
     create_run,
@@ -40,8 +43,10 @@ from itstudy.tracking.store import (
 )
 
 __all__ = [
+    "FAILURE_REASON_TAG",
     "TERMINAL_STATUSES",
     "FoundRun",
+    "MetricJournal",
     "RunLogger",
     "StudyStore",
     "TrackingError",
@@ -59,9 +64,11 @@ __all__ = [
     "list_artifacts",
     "load_runs",
     "reopen_run",
+    "replay",
     "resolve_tracking_uri",
     "run_dataset_digests",
     "study_store",
+    "sync_folder",
     "tracking_env",
     "worker_env",
 ]

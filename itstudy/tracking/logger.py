@@ -2,8 +2,11 @@
 
 Params once (flattened, truncated), metrics in batches, artifacts and dataset lineage, the final
 status. A failing write is retried, then reported as a warning: tracking never raises into
-training (mlflow#5269). Used as a context manager it is the one place that turns how a block
-ended into the run's status: FINISHED, or FAILED (KILLED on Ctrl-C) with the traceback in error.txt.
+training (mlflow#5269). With a `MetricJournal`, every metric point is recorded on disk first and
+MLflow gets each (key, step) exactly once: what an outage kept from it stays in the record for
+`itstudy sync` (see `itstudy.tracking.journal`). Used as a context manager it is the one place
+that turns how a block ended into the run's status: FINISHED, or FAILED (KILLED on Ctrl-C) with
+the traceback in error.txt.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
 
 from itstudy.config import Study, config_digest, to_plain
 from itstudy.provenance import environment_info
+from itstudy.tracking.journal import HeldPoints, MetricJournal
 from itstudy.tracking.runs import STATUS_TAG, TERMINAL_STATUSES, tag_value
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,7 @@ class RunLogger:
         flush_interval_s: float = 30.0,
         attempts: int = 3,
         backoff_s: float = 0.5,
+        journal: MetricJournal | None = None,
     ) -> None:
         self.uri = uri
         self.run_id = run_id
@@ -79,6 +84,9 @@ class RunLogger:
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self._params: dict[str, str] | None = None
+        self.journal = journal
+        """The run's write-ahead record: metric points go there first, and are sent once per (key, step)."""
+        self._held = HeldPoints(self.client, run_id) if journal else None
 
     def __enter__(self) -> RunLogger:
         return self
@@ -160,11 +168,15 @@ class RunLogger:
     def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
         """Buffer metrics at `step`; they are sent in batches (every `flush_every` values or interval)."""
         timestamp = int(time.time() * 1000)
+        points = []
         for key, value in metrics.items():
             try:
-                self._pending.append(Metric(key, float(value), timestamp, int(step)))
+                points.append(Metric(key, float(value), timestamp, int(step)))
             except (TypeError, ValueError):
                 log.warning("metric %r=%r is not a number; not logged", key, value)
+        if self.journal:
+            self.journal.append(points)
+        self._pending.extend(points)
         due = time.monotonic() - self._last_flush >= self.flush_interval_s
         if len(self._pending) >= self.flush_every or due:
             self.flush()
@@ -174,10 +186,24 @@ class RunLogger:
         self._last_flush = time.monotonic()
         while self._pending:
             chunk = self._pending[:MAX_METRICS_PER_BATCH]
-            if not self._attempt("log metrics", lambda: self.client.log_batch(self.run_id, metrics=chunk)):
+            if not self._attempt("log metrics", lambda: self._send(chunk)):
                 return False
             del self._pending[: len(chunk)]
         return True
+
+    def _send(self, points: list[Metric]) -> None:
+        """Send `points`; with a journal only the (key, step) pairs MLflow does not hold yet."""
+        if self._held is None:
+            self.client.log_batch(self.run_id, metrics=points)
+            return
+        try:
+            missing = self._held.missing(points)
+            if missing:
+                self.client.log_batch(self.run_id, metrics=missing)
+        except Exception:
+            self._held.forget()  # the batch may have reached the store: ask it again before resending
+            raise
+        self._held.add(missing)
 
     # --- artifacts and lineage -------------------------------------------------------------------
 
@@ -227,12 +253,18 @@ class RunLogger:
     def log_error(self, text: str) -> None:
         self.log_text(text, "error.txt")
 
+    def close(self) -> None:
+        """Send what is buffered; say how many values could not be sent, and where they are kept."""
+        if not self.flush():
+            kept = f"kept in {self.journal.path} for `itstudy sync`" if self.journal else "lost"
+            unsent = len(self._pending)
+            log.warning("%d metric values of run %s could not be sent to MLflow: %s", unsent, self.run_id, kept)
+
     def end(self, status: str = "FINISHED") -> None:
         """Flush, tag `itstudy.status`, and terminate the run with FINISHED, FAILED or KILLED."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"run status must be one of {TERMINAL_STATUSES}, got {status!r}")
-        if not self.flush():
-            log.warning("%d metric values of run %s could not be sent to MLflow", len(self._pending), self.run_id)
+        self.close()
         self.set_tags({STATUS_TAG: status})
         self._attempt("end run", lambda: self.client.set_terminated(self.run_id, status))
 

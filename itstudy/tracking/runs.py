@@ -19,6 +19,8 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 STATUS_TAG = "itstudy.status"
 """Mirrors the run's status as a tag, which the MLflow UI can filter and colour by."""
+FAILURE_REASON_TAG = "itstudy.failure_reason"
+"""Why a run was ended FAILED by someone other than its own process (its driver or trial was killed)."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,13 @@ def get_or_create_run(
 
 
 def reopen_run(uri: str, run_id: str) -> None:
-    """Mark a run RUNNING again when a rerun continues it (its earlier end set FINISHED/FAILED/KILLED)."""
+    """Mark a run RUNNING again when a rerun continues it (its earlier end set FINISHED/FAILED/KILLED);
+    the reason an earlier end gave no longer holds."""
     client = MlflowClient(tracking_uri=uri)
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, STATUS_TAG, "RUNNING")
+    if FAILURE_REASON_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, FAILURE_REASON_TAG)
 
 
 def get_run(uri: str, run_id: str) -> Run:

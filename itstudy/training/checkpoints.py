@@ -2,14 +2,18 @@
 
 A checkpoint folder describes itself: the model and tokenizer (`save_pretrained`), the trainer
 state (step, optimiser, schedule, each rank's RNG states, world size, token and config digests),
-the config as YAML and the metrics as JSON. A checkpoint written for other token ids or another
-world size, or with another value of a config key that shapes the result (every key but
-RESULT_NEUTRAL_KEYS), is refused on resume, since continuing it would silently change the result.
+the config as YAML and the metrics as JSON, and, written last, `manifest.json` with every file's
+size. A checkpoint without a manifest, or whose files differ from it, was cut short (a crash or
+a full disk mid-write) and is skipped on resume, with its path named, for the previous one
+(`usable_checkpoint`). A checkpoint written for other token ids or another world size, or with
+another value of a config key that shapes the result (every key but RESULT_NEUTRAL_KEYS), is
+refused on resume, since continuing it would silently change the result.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import tempfile
 from pathlib import Path
@@ -20,6 +24,8 @@ import torch.distributed as dist
 import yaml
 
 from itstudy.config import ConfigError, Study, config_digest, to_plain
+
+log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"
 RESULT_NEUTRAL_KEYS = (
@@ -36,6 +42,10 @@ RESULT_NEUTRAL_KEYS = (
     "train.fail_at_step",
 )
 """Config keys (and sections) a run may change and still resume: they do not change its result."""
+
+MANIFEST = "manifest.json"
+CHECKPOINT_PREFIX = "checkpoint_"
+"""Checkpoint folders are named with it and a zero-padded number (by Ray and the plain reporter): names sort by age."""
 
 
 def write_checkpoint(
@@ -59,6 +69,51 @@ def write_checkpoint(
     (folder / "config.yaml").write_text(yaml.safe_dump(to_plain(study), sort_keys=False))
     (folder / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=1))
     return folder
+
+
+def seal_checkpoint(folder: Path) -> None:
+    """Write the manifest (every file's size) last: its presence says the checkpoint is whole."""
+    sizes = {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*")) if path.is_file()}
+    (folder / MANIFEST).write_text(json.dumps(sizes, indent=1))
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be resumed from (no manifest, a file missing or of another size, an
+    unreadable trainer state), or None if it is whole."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return f"no {MANIFEST}: the checkpoint was cut short while written"
+    try:
+        sizes = json.loads(manifest.read_text())
+    except ValueError:
+        return f"{MANIFEST} is not JSON"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
+            return f"{name} is {found}, {size} bytes were written"
+    try:
+        torch.load(folder / TRAINER_STATE, weights_only=False)
+    except Exception as error:  # any failure to load means this checkpoint cannot be resumed
+        return f"{TRAINER_STATE} does not load ({type(error).__name__})"
+    return None
+
+
+def usable_checkpoint(restored: Path | None) -> Path | None:
+    """`restored` if it is whole, else the newest whole checkpoint older than it beside it, else None
+    (start over); each one skipped is named in one line."""
+    if restored is None:
+        return None
+    older = []
+    if restored.name.startswith(CHECKPOINT_PREFIX):  # a downloaded checkpoint has no siblings to fall back on
+        older = sorted(path for path in restored.parent.glob(f"{CHECKPOINT_PREFIX}*") if path.name < restored.name)
+    for candidate in [restored, *reversed(older)]:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        log.warning("checkpoint %s is unusable (%s); trying the previous one", candidate, problem)
+    log.warning("no usable checkpoint before %s: the run starts over from step 0", restored)
+    return None
 
 
 def read_trainer_state(folder: Path, token_digest: str, world_size: int, study: Study) -> dict:

@@ -19,11 +19,13 @@ What one run does:
 - everything it records goes through the reporter: on rank 0 of a tracked run (the MLflow run
   id the driver gave it, never a run of its own) config and params once, environment, dataset
   lineage, training metrics every `train.log_every_steps`, evaluation metrics, and at the end
-  predictions.jsonl and task_metrics.csv; tracking failures are retried and then dropped by
+  predictions.jsonl and task_metrics.csv; tracking failures are retried and then left to the
+  run's metric record (`job.journal_path`, copied into each checkpoint) by
   `itstudy.tracking.RunLogger`, never raised into training.
 
-Resuming from a checkpoint (`itstudy.training.checkpoints`) replays exactly what an uninterrupted
-run does: the data order is a function of (seed, step), and the RNG states are restored per rank.
+Resuming from a checkpoint (`itstudy.training.checkpoints`; a partial or corrupt latest one is
+skipped for the previous one) replays exactly what an uninterrupted run does: the data order is
+a function of (seed, step), and the RNG states are restored per rank.
 The run is ended (FINISHED / FAILED) by the driver, which also knows where Ray stored the final
 checkpoint.
 
@@ -50,8 +52,10 @@ from itstudy.metrics import aggregate, score_predictions
 from itstudy.training.checkpoints import (
     gather_rng_states,
     read_trainer_state,
+    seal_checkpoint,
     seed_everything,
     set_rng_state,
+    usable_checkpoint,
     write_checkpoint,
 )
 from itstudy.training.engine import StepPlan, StepResult, collate, make_optimizer, make_scheduler, total_steps, train_step
@@ -75,6 +79,8 @@ class WorkerJob:
     run_id: str | None = None
     """The MLflow run rank 0 logs into; None: no tracking."""
     tracking_uri: str | None = None
+    journal_path: str | None = None
+    """Where rank 0 records the run's metric points before sending them (`itstudy.tracking.journal`); None: none."""
 
 
 def run_worker(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
@@ -82,7 +88,7 @@ def run_worker(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
 
     Returns the last evaluation's metrics on rank 0 and {} on other ranks.
     """
-    with reporter.tracking(job.tracking_uri, job.run_id), _cpu_threads(job.study, reporter.device):
+    with reporter.tracking(job.tracking_uri, job.run_id, job.journal_path), _cpu_threads(job.study, reporter.device):
         return _train(job, reporter)
 
 
@@ -110,7 +116,8 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
     dtype = compute_dtype(study.model.precision, reporter.device)
     plan = StepPlan([len(e.input_ids) + len(e.labels) for e in job.data.train], train.global_batch_size, study.seed)
 
-    restored = reporter.restored_checkpoint()
+    restored = usable_checkpoint(reporter.restored_checkpoint())
+    reporter.resume_record(restored)
     saved = read_trainer_state(restored, job.data.token_digest, reporter.world_size, study) if restored else None
     model = load_model(restored / "model") if restored else build_model(study.model.name, job.tokenizer, study.seed)
     model.to(reporter.device)
@@ -127,6 +134,8 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
 
     if reporter.tracked:
         _log_run_start(job, reporter, accumulation, steps, model, dtype)
+        if saved:
+            reporter.set_tags({"itstudy.resumed_from_step": start})
     if start >= steps:  # the run had already finished: report its final figures again, train nothing
         metrics = saved["metrics"]
         reporter.report({"step": start, **metrics})
@@ -237,6 +246,8 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
     checkpoint = write_checkpoint(
         job.study, job.data.token_digest, job.tokenizer, model, optimizer, scheduler, step, rng_states, metrics
     )
+    reporter.record_into(checkpoint)  # the metric record up to this step travels with the checkpoint
+    seal_checkpoint(checkpoint)
     try:
         reporter.report({"step": step, **metrics}, checkpoint_dir=checkpoint)
     finally:

@@ -13,9 +13,11 @@ three drivers:
 
 Reporting is a barrier under every driver: every rank calls `report` at the same points, and
 only rank 0 passes a checkpoint folder. Tracking is the reporter's too: inside `tracking(uri,
-run_id)` rank 0 holds a `RunLogger` for the MLflow run the driver created, and the `log_*`
-methods write through it; on other ranks and without a run they do nothing. Ray is imported only
-inside the Ray reporters, MLflow only when a run is tracked.
+run_id, journal_path)` rank 0 holds a `RunLogger` for the MLflow run the driver created, and the
+`log_*` methods write through it; on other ranks and without a run they do nothing. With a
+journal path, metric points are recorded on disk before MLflow hears of them, and `record_into` copies
+that record into each checkpoint before it is reported (`itstudy.tracking.journal`). Ray is
+imported only inside the Ray reporters, MLflow only when a run is tracked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from itstudy.metrics import ScoredPrediction, task_rows
+from itstudy.training.checkpoints import CHECKPOINT_PREFIX
 
 if TYPE_CHECKING:
     from itstudy.config import Study
@@ -60,20 +63,21 @@ class Reporter:
     # --- tracking: rank 0 logs into the driver's run ---------------------------------------------
 
     @contextlib.contextmanager
-    def tracking(self, uri: str | None, run_id: str | None) -> Iterator[None]:
+    def tracking(self, uri: str | None, run_id: str | None, journal_path: str | None = None) -> Iterator[None]:
         """Rank 0 logs into MLflow run `run_id` while the block runs (checked first, flushed at the end,
-        also on failure); the driver, which created the run, ends it."""
+        also on failure), recording metrics in `journal_path` first if given; the driver ends the run."""
         if self.rank != 0 or not run_id:
             yield
             return
-        from itstudy.tracking import RunLogger, check_tracking
+        from itstudy.tracking import MetricJournal, RunLogger, check_tracking
 
         check_tracking(uri)
-        self.logger = RunLogger(uri, run_id)
+        journal = MetricJournal(journal_path) if journal_path else None
+        self.logger = RunLogger(uri, run_id, journal=journal)
         try:
             yield
         finally:
-            self.logger.flush()  # a failing worker's buffered metrics are kept too
+            self.logger.close()  # a failing worker's buffered metrics are sent (or kept in the record) too
             self.logger = None
 
     @property
@@ -84,6 +88,10 @@ class Reporter:
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.logger:
             self.logger.log_params(params)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.logger:
+            self.logger.set_tags(tags)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if self.logger:
@@ -116,6 +124,19 @@ class Reporter:
         if self.logger:
             self.logger.flush()
 
+    def resume_record(self, checkpoint: Path | None) -> None:
+        """Resuming from `checkpoint`: take its copy of the metric record if this node has none."""
+        if self.logger and self.logger.journal:
+            self.logger.journal.adopt(checkpoint)
+
+    def record_into(self, checkpoint_dir: Path) -> None:
+        """Before a checkpoint is reported: send what is buffered, and put the (fsync'd) metric record
+        in the checkpoint, so that a resume from it neither loses nor repeats a step."""
+        if self.logger:
+            self.logger.flush()
+            if self.logger.journal:
+                self.logger.journal.copy_into(checkpoint_dir)
+
 
 def _cuda_device(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -142,14 +163,21 @@ class PlainReporter(Reporter):
         """Finished checkpoint folders, oldest first (names sort by step)."""
         if not self.checkpoint_root.is_dir():
             return []
-        return sorted(path for path in self.checkpoint_root.iterdir() if path.name.startswith("checkpoint_"))
+        return sorted(path for path in self.checkpoint_root.iterdir() if path.name.startswith(CHECKPOINT_PREFIX))
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
         self.history.append(dict(metrics))
         if checkpoint_dir is not None:
             self.checkpoint_root.mkdir(parents=True, exist_ok=True)
-            # A rename is atomic: a crash leaves either no checkpoint or a whole one.
-            shutil.move(str(checkpoint_dir), self.checkpoint_root / f"checkpoint_{int(metrics['step']):08d}")
+            # Copied under a temporary name beside its final one, then renamed (atomic on one file
+            # system): a crash leaves either no checkpoint or a whole one.
+            final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{int(metrics['step']):08d}"
+            partial = self.checkpoint_root / f".partial-{final.name}"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.move(str(checkpoint_dir), partial)
+            if final.exists():  # an unusable checkpoint of this step, skipped on resume: replaced
+                shutil.rmtree(final)
+            os.replace(partial, final)
             for stale in self.checkpoints()[: -self.keep]:
                 shutil.rmtree(stale)
         if dist.is_initialized():

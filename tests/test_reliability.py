@@ -1,0 +1,427 @@
+"""Nothing lost, nothing doubled: the metric record, crash-safe checkpoints, one sweep at a time.
+
+Fast tests drive the record (`itstudy.tracking.journal`) and the plain training loop against a
+real SQLite store. The `ray` tests run `itstudy run` as real processes on the shrunk demo study,
+kill them (SIGKILL, no warning), corrupt a checkpoint, start a study twice, and compare every
+run's metric history with a clean run of the same study: 0 points lost, 0 (key, step) pairs
+logged twice, 0 runs left RUNNING.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from itstudy.ui import wait_until_ready
+
+from itstudy.config import load_study
+from itstudy.sweep.trials import expand_grid, sweep_name
+from itstudy.tracking import MetricJournal, RunLogger, check_tracking, create_run, ensure_experiment, replay
+from itstudy.training.checkpoints import CHECKPOINT_PREFIX, MANIFEST, TRAINER_STATE
+from itstudy.training.loop import WorkerJob, run_worker
+from itstudy.training.prepare import prepare_run
+from itstudy.training.reporter import PlainReporter
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_TINY = REPO / "experiments" / "train_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    check_tracking(uri)
+    return uri
+
+
+def _new_run(uri: str, name: str) -> str:
+    return create_run(uri, ensure_experiment(uri, name), name, tags={})
+
+
+def _history(uri: str, run_id: str) -> collections.Counter:
+    """How many values MLflow holds per (key, step) of a run."""
+    client = MlflowClient(tracking_uri=uri)
+    keys = client.get_run(run_id).data.metrics
+    return collections.Counter((m.key, m.step) for key in keys for m in client.get_metric_history(run_id, key))
+
+
+def _points(steps, keys=("train_loss", "learning_rate")) -> list[Metric]:
+    return [Metric(key, float(step), 1000 + step, step) for step in steps for key in keys]
+
+
+# --- the record ---------------------------------------------------------------------------------
+
+
+def test_replay_sends_each_key_and_step_once_however_often_it_runs(sqlite_uri, tmp_path):
+    run_id = _new_run(sqlite_uri, "replay")
+    journal = MetricJournal(tmp_path / f"{run_id}.jsonl")
+    journal.append(_points([10, 20]))
+    journal.append(_points([20, 30]))  # a resumed attempt re-measured step 20
+
+    assert replay(journal, sqlite_uri) == 6
+    journal.append(_points([40]))
+    assert replay(journal, sqlite_uri) == 2
+    (tmp_path / f"{run_id}.jsonl.synced").unlink()  # forget the marker: MLflow itself says what it holds
+    assert replay(journal, sqlite_uri) == 0
+
+    history = _history(sqlite_uri, run_id)
+    assert set(history) == {(key, step) for key in ("train_loss", "learning_rate") for step in (10, 20, 30, 40)}
+    assert set(history.values()) == {1}
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped_and_later_lines_still_read(tmp_path):
+    journal = MetricJournal(tmp_path / "run.jsonl")
+    journal.append(_points([10]))
+    with open(journal.path, "a") as record:
+        record.write('{"key": "train_loss", "val')  # the process died mid-write
+    journal.append(_points([20]))
+
+    assert [(point.key, point.step) for point in journal.read()] == [
+        ("train_loss", 10),
+        ("learning_rate", 10),
+        ("train_loss", 20),
+        ("learning_rate", 20),
+    ]
+    assert journal.latest() == {"train_loss": 20.0, "learning_rate": 20.0}
+
+
+def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri, tmp_path):
+    run_id = _new_run(sqlite_uri, "outage")
+    journal = MetricJournal(tmp_path / f"{run_id}.jsonl")
+    dead = "http://127.0.0.1:9"  # nothing listens: every write fails
+    logger = RunLogger(dead, run_id, journal=journal, attempts=1, backoff_s=0)
+    logger.log_metrics({"train_loss": 1.5}, step=10)
+    logger.log_metrics({"train_loss": 1.2, "exact_match": 40.0}, step=20)
+    assert not logger.flush(), "the store is down"
+
+    assert len(journal.read()) == 3, "every point reached the record before MLflow was tried"
+    # The resumed trial logs through a live store: steps MLflow already holds are not sent again.
+    replay(journal, sqlite_uri)
+    resumed = RunLogger(sqlite_uri, run_id, journal=journal)
+    resumed.log_metrics({"train_loss": 1.25, "exact_match": 41.0}, step=20)
+    resumed.log_metrics({"train_loss": 1.0}, step=30)
+    assert resumed.flush()
+
+    history = _history(sqlite_uri, run_id)
+    assert history == {("train_loss", 10): 1, ("train_loss", 20): 1, ("exact_match", 20): 1, ("train_loss", 30): 1}
+    values = MlflowClient(tracking_uri=sqlite_uri).get_metric_history(run_id, "train_loss")
+    assert [m.value for m in sorted(values, key=lambda m: m.step)] == [1.5, 1.2, 1.0], "the first recorded value wins"
+
+
+# --- the lease of a server store -----------------------------------------------------------------
+
+
+def test_a_live_lease_refuses_a_second_holder_and_a_stale_one_is_taken_over(sqlite_uri):
+    from itstudy.sweep.lock import HEARTBEAT_TAG, HOLDER_TAG, StudyLocked, _lease
+
+    run_id = _new_run(sqlite_uri, "lease")
+    with _lease(sqlite_uri, run_id, "demo-1234"):
+        with pytest.raises(StudyLocked, match=r"sweep demo-1234 is already running \(pid \d+ on "):
+            with _lease(sqlite_uri, run_id, "demo-1234"):
+                pass
+    assert MlflowClient(tracking_uri=sqlite_uri).get_run(run_id).data.tags[HOLDER_TAG] == "", "released at the end"
+
+    # A holder SIGKILLed ten minutes ago: its heartbeat is stale, the lease is taken over.
+    RunLogger(sqlite_uri, run_id).set_tags({HOLDER_TAG: "pid 1 on elsewhere", HEARTBEAT_TAG: time.time() - 600})
+    with _lease(sqlite_uri, run_id, "demo-1234"):
+        assert MlflowClient(tracking_uri=sqlite_uri).get_run(run_id).data.tags[HOLDER_TAG].startswith(f"pid {os.getpid()} ")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    overrides = ["resources.workers_per_trial=1", "train.per_device_batch_size=4", "train.max_steps=30"]
+    overrides += ["train.eval_every_steps=10", f"data.cache_dir={tmp_path_factory.mktemp('cache')}"]
+    study = load_study(TRAIN_TINY, overrides)
+    tokenizer, data = prepare_run(study)
+    return study, tokenizer, data
+
+
+def test_checkpoints_carry_the_metric_record_and_a_manifest_written_last(prepared, sqlite_uri, tmp_path):
+    study, tokenizer, data = prepared
+    run_id = _new_run(sqlite_uri, "sealed")
+    journal = tmp_path / f"{run_id}.jsonl"
+    reporter = PlainReporter(tmp_path / "checkpoints", keep=2)
+    run_worker(WorkerJob(study, data, tokenizer, run_id, sqlite_uri, str(journal)), reporter)
+
+    older, newest = reporter.checkpoints()
+    assert [path.name for path in (older, newest)] == [f"{CHECKPOINT_PREFIX}00000020", f"{CHECKPOINT_PREFIX}00000030"]
+    recorded = MetricJournal(older / "metrics.jsonl").read()
+    assert max(point.step for point in recorded) == 20, "the record up to the checkpoint's step travels with it"
+    assert (newest / MANIFEST).is_file() and not list(reporter.checkpoint_root.glob(".partial-*"))
+    assert set(_history(sqlite_uri, run_id).values()) == {1}
+
+
+def test_a_truncated_latest_checkpoint_is_named_and_the_previous_one_resumed(prepared, tmp_path, caplog):
+    study, tokenizer, data = prepared
+    uninterrupted = run_worker(WorkerJob(study, data, tokenizer), PlainReporter(tmp_path / "a"))
+    short = study.model_copy(update={"train": study.train.model_copy(update={"max_steps": 20})})
+    first = PlainReporter(tmp_path / "b", keep=2)
+    run_worker(WorkerJob(short, data, tokenizer), first)  # checkpoints at 10 and 20
+    latest = first.checkpoints()[-1]
+    state = latest / TRAINER_STATE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a disk filled up mid-write
+
+    resumed = PlainReporter(tmp_path / "b", keep=2)
+    with caplog.at_level(logging.WARNING):
+        metrics = run_worker(WorkerJob(study, data, tokenizer), resumed)
+
+    assert f"checkpoint {latest} is unusable ({TRAINER_STATE} is" in caplog.text
+    assert [report["step"] for report in resumed.history] == [20, 30], "resumed from step 10, not from scratch"
+    assert metrics["exact_match"] == uninterrupted["exact_match"]
+    assert metrics["train_loss"] == pytest.approx(uninterrupted["train_loss"])
+
+
+# --- real processes: the shrunk demo study ----------------------------------------------------
+
+DEMO = "experiments/demo.yaml"
+STUDY = [
+    "data.instances_per_task=20",
+    "data.test_instances_per_task=8",
+    "eval.batch_size=64",
+    "baselines=[random]",
+    "grid={seed: [1]}",
+    "train.max_steps=60",
+    "train.eval_every_steps=10",
+    "train.log_every_steps=5",
+    "train.checkpoints_to_keep=2",
+]
+
+
+def _env(home: Path, uri: str | None = None) -> dict[str, str]:
+    """The study's store: `uri` (through the environment: an override would change run names), else
+    the SQLite file in `home`."""
+    env = {**os.environ, "ITSTUDY_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+def _start(home: Path, log: Path, uri: str | None = None) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "itstudy.cli", "run", DEMO, *STUDY],
+            cwd=REPO,
+            env=_env(home, uri),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _finish(process: subprocess.Popen, log: Path, timeout_s: float = 300) -> str:
+    process.wait(timeout=timeout_s)
+    return log.read_text()
+
+
+def _study_runs(home: Path, uri: str | None = None) -> dict[str, tuple[str, collections.Counter]]:
+    """Every child run of the study (trials, baselines): its name -> (status, values per (key, step)).
+
+    The parent run is left out: its progress metrics count the events of each invocation."""
+    uri = uri or f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("demo")
+    runs = {}
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        if "mlflow.parentRunId" in run.data.tags:
+            runs[run.info.run_name] = (run.info.status, _history(uri, run.info.run_id))
+    return runs
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in family:
+        try:
+            member.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=30)
+
+
+def _assert_same_as(reference: dict, runs: dict) -> None:
+    """Same runs, each FINISHED, each (key, step) once, the same pairs as the clean run's."""
+    assert sorted(runs) == sorted(reference)
+    for name, (status, history) in runs.items():
+        assert status == "FINISHED", f"{name} is {status}"
+        doubled = [pair for pair, n in history.items() if n > 1]
+        assert not doubled, f"{name}: logged twice: {doubled[:5]}"
+        lost = set(reference[name][1]) - set(history)
+        assert not lost, f"{name}: lost {len(lost)} points, e.g. {sorted(lost)[:5]}"
+        assert set(history) == set(reference[name][1])
+
+
+@pytest.fixture(scope="module")
+def clean_reference(tmp_path_factory):
+    """The study started twice at once on a fresh store: one runs it, the other is refused; the
+    finished one is the clean reference the fault tests compare with."""
+    home = tmp_path_factory.mktemp("clean")
+    first = _start(home, home.parent / "clean-1.log")
+    second = _start(home, home.parent / "clean-2.log")
+    logs = [_finish(first, home.parent / "clean-1.log"), _finish(second, home.parent / "clean-2.log")]
+    return home, [first.returncode, second.returncode], logs, _study_runs(home)
+
+
+@pytest.mark.ray
+def test_a_study_started_twice_at_once_runs_once_and_the_other_is_refused_in_one_line(clean_reference):
+    home, codes, logs, runs = clean_reference
+    assert sorted(codes) == [0, 2], logs
+    refused = logs[codes.index(2)]
+    assert "is already running (pid" in refused and "Traceback" not in refused, refused[-2000:]
+    assert len(refused.strip().splitlines()) <= 3, refused
+    (trial,) = [history for status, history in runs.values() if ("train_loss", 5) in history]
+    assert set(trial.values()) == {1}, "no step trained twice into the run"
+    assert ("exact_match", 60) in trial and ("train_loss", 60) in trial
+
+
+@pytest.mark.ray
+def test_a_killed_driver_and_a_corrupt_latest_checkpoint_lose_and_double_nothing(clean_reference, tmp_path):
+    reference = clean_reference[3]
+    home = tmp_path / "home"
+    study = load_study(REPO / DEMO, STUDY)
+    (trial,) = expand_grid(study)
+    trial_dir = home / "ray_results" / sweep_name(study) / trial.key
+    first = _start(home, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(trial_dir.glob(f"{CHECKPOINT_PREFIX}*/{MANIFEST}"))) < 2:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no second checkpoint"
+            time.sleep(0.2)
+        time.sleep(1.0)  # Tune records the checkpoint in its experiment state
+    finally:
+        _kill_tree(first)
+    latest = sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))[-1]
+    state = latest / TRAINER_STATE
+    state.write_bytes(state.read_bytes()[:1000])
+
+    second = _start(home, tmp_path / "second.log")
+    output = _finish(second, tmp_path / "second.log")
+
+    assert second.returncode == 0, output[-3000:]
+    assert f"checkpoint {latest} is unusable" in output
+    _assert_same_as(reference, _study_runs(home))
+
+
+def _wait_for(condition, process: subprocess.Popen, log: Path, what: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None, f"the sweep ended before {what}: " + log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.2)
+
+
+def _mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    command += ["--serve-artifacts", "--artifacts-destination", (folder / "artifacts").as_uri()]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "a") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+    wait_until_ready(f"http://127.0.0.1:{port}", server, timeout_s=60)
+    return server
+
+
+@pytest.mark.ray
+def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing(clean_reference, tmp_path):
+    reference = clean_reference[3]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    home, server_log = tmp_path / "home", tmp_path / "server.log"
+    server = _mlflow_server(tmp_path, port, server_log)
+    study = load_study(REPO / DEMO, STUDY)
+    journal = home / "ray_results" / f"{sweep_name(study)}-journal"
+    sweep = _start(home, tmp_path / "sweep.log", uri)
+    try:
+        def trial_checkpointed() -> bool:
+            return any(journal.glob("*.jsonl")) and any(
+                point.key == "exact_match" for path in journal.glob("*.jsonl") for point in MetricJournal(path).read()
+            )
+
+        _wait_for(trial_checkpointed, sweep, tmp_path / "sweep.log", "the first evaluation")
+        os.killpg(server.pid, signal.SIGKILL)  # down from step 10 until after the trial's end
+        server.wait()
+
+        def trial_ended() -> bool:
+            points = (point for path in journal.glob("*.jsonl") for point in MetricJournal(path).read())
+            return any((point.key, point.step) == ("exact_match", 60) for point in points)
+
+        _wait_for(trial_ended, sweep, tmp_path / "sweep.log", "the trial's last evaluation")
+        # The trial gives up sending (longer than its retries) and leaves the rest in its record.
+        def gave_up() -> bool:
+            return "for `itstudy sync`" in (tmp_path / "sweep.log").read_text()
+
+        _wait_for(gave_up, sweep, tmp_path / "sweep.log", "the trial giving up on MLflow")
+        server = _mlflow_server(tmp_path, port, server_log)
+        output = _finish(sweep, tmp_path / "sweep.log", timeout_s=400)
+        assert sweep.returncode == 0, output[-3000:]
+        assert "recorded metric values that MLflow" in output, "the driver sent what the trial could not"
+
+        synced = subprocess.run(
+            [sys.executable, "-m", "itstudy.cli", "sync", DEMO, *STUDY],
+            cwd=REPO,
+            env=_env(home, uri),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert synced.returncode == 0 and "every recorded metric of demo is in MLflow" in synced.stdout, synced
+        _assert_same_as(reference, _study_runs(home, uri))
+    finally:
+        if sweep.poll() is None:
+            _kill_tree(sweep)
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def _trial_worker(driver: subprocess.Popen) -> psutil.Process | None:
+    """The Ray worker process running the Tune trial (titled `ray::ImplicitFunc...` or after the trainable)."""
+    for child in psutil.Process(driver.pid).children(recursive=True):
+        try:
+            title = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if title.startswith("ray::") and ("ImplicitFunc" in title or "run_trial" in title):
+            return child
+    return None
+
+
+@pytest.mark.ray
+def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling_nothing(clean_reference, tmp_path):
+    reference = clean_reference[3]
+    home = tmp_path / "home"
+    study = load_study(REPO / DEMO, STUDY)
+    (trial,) = expand_grid(study)
+    trial_dir = home / "ray_results" / sweep_name(study) / trial.key
+    sweep = _start(home, tmp_path / "sweep.log")
+    try:
+        _wait_for(
+            lambda: len(list(trial_dir.glob(f"{CHECKPOINT_PREFIX}*/{MANIFEST}"))) >= 2,
+            sweep,
+            tmp_path / "sweep.log",
+            "a second checkpoint",
+        )
+        worker = _trial_worker(sweep)
+        assert worker is not None, [" ".join(p.cmdline()) for p in psutil.Process(sweep.pid).children(recursive=True)]
+        worker.send_signal(signal.SIGKILL)
+        output = _finish(sweep, tmp_path / "sweep.log")
+    finally:
+        if sweep.poll() is None:
+            _kill_tree(sweep)
+
+    assert sweep.returncode == 0, output[-3000:]
+    _assert_same_as(reference, _study_runs(home))
