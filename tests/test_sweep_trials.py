@@ -220,3 +220,17 @@ def test_a_key_that_shapes_the_result_names_a_new_sweep_and_new_trials():
     changed = load_study(DEMO, ["train.learning_rate=3e-3"])
     assert sweep_name(changed) != sweep_name(study)
     assert not {trial.key for trial in expand_grid(changed)} & {trial.key for trial in expand_grid(study)}
+
+
+def test_a_new_sweep_of_a_study_names_the_result_keys_that_changed(tmp_path, capsys):
+    from itstudy.sweep.parent import find_parent_run, say_what_changed
+    from itstudy.tracking import RunLogger, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = ensure_experiment(uri, "demo")
+    first = load_study(DEMO)
+    RunLogger(uri, find_parent_run(first, uri, experiment_id).run_id).log_config(first)
+    changed = load_study(DEMO, ["train.learning_rate=3e-3", "resources.cpus_per_worker=2"])
+    say_what_changed(changed, uri, find_parent_run(changed, uri, experiment_id).run_id)
+    line = capsys.readouterr().out.strip()
+    assert "a new sweep" in line and "train.learning_rate" in line and "resources" not in line

@@ -5,7 +5,14 @@ and its digest (`digest`). Import from here:
     study = load_study("experiments/demo.yaml", ["train.learning_rate=1e-4"])
 """
 
-from itstudy.config.digest import NAME_NEUTRAL_KEYS, config_digest, identity_digest, to_plain
+from itstudy.config.digest import (
+    NAME_NEUTRAL_KEYS,
+    RESULT_NEUTRAL_KEYS,
+    changed_result_keys,
+    config_digest,
+    identity_digest,
+    to_plain,
+)
 from itstudy.config.loading import at_grid_point, load_study, study_from_dict, with_overrides
 from itstudy.config.spec import (
     SUPERNI_COMMIT,
@@ -46,6 +53,8 @@ __all__ = [
     "config_digest",
     "identity_digest",
     "NAME_NEUTRAL_KEYS",
+    "RESULT_NEUTRAL_KEYS",
+    "changed_result_keys",
     "gradient_accumulation",
     "load_study",
     "study_from_dict",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from itstudy.config.spec import Study
 
@@ -33,3 +34,27 @@ def identity_digest(study: Study) -> str:
             node = node[section]
         node.pop(last)
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:10]
+
+
+RESULT_NEUTRAL_KEYS = (
+    *NAME_NEUTRAL_KEYS,  # resources include the world size, which a checkpoint checks on its own
+    "name",
+    "grid",  # a trial's config holds its point's values; the other points do not shape it
+    "search",
+    "baselines",
+    "train.fail_at_step",
+)
+"""Config keys (and sections) a run may change and still resume: they do not change its result."""
+
+
+def changed_result_keys(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two plain configs, leaving out RESULT_NEUTRAL_KEYS."""
+    if prefix.rstrip(".") in RESULT_NEUTRAL_KEYS:
+        return []
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return [prefix.rstrip(".")] if saved != current else []
+    return [
+        changed
+        for key in sorted(saved.keys() | current.keys())
+        for changed in changed_result_keys(saved.get(key), current.get(key), f"{prefix}{key}.")
+    ]

@@ -9,13 +9,26 @@ RUNNING: one that a killed driver or trial left so is ended FAILED with the reas
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+
+import yaml
 
 from itstudy.baseline_run import BaselineResults, run_baselines
 from itstudy.baselines import BASELINES as MODEL_FREE_BASELINES
-from itstudy.config import Study
+from itstudy.config import Study, changed_result_keys, to_plain
 from itstudy.sweep.trials import Trial, evaluation_set_key, sweep_name
-from itstudy.tracking import FAILURE_REASON_TAG, FoundRun, RunLogger, find_runs, get_or_create_run, reopen_run
+from itstudy.tracking import (
+    FAILURE_REASON_TAG,
+    FoundRun,
+    RunLogger,
+    download_artifact,
+    find_runs,
+    get_or_create_run,
+    get_run,
+    list_artifacts,
+    reopen_run,
+)
 
 
 def find_parent_run(study: Study, uri: str, experiment_id: str) -> FoundRun:
@@ -32,6 +45,8 @@ def open_parent_run(
     name = sweep_name(study)
     if not found.created:
         print(f"[{name}] resuming sweep: MLflow parent run {found.run_id}")
+    else:
+        say_what_changed(study, uri, found.run_id)
     reopen_run(uri, found.run_id)
     parent = RunLogger(uri, found.run_id)
     parent.log_config(study)
@@ -42,6 +57,23 @@ def open_parent_run(
     listing += [{"key": trial.key, "kind": "untuned", "point": trial.point} for trial in untuned]
     parent.log_dict_yaml(listing, "trials.yaml")
     return parent
+
+
+def say_what_changed(study: Study, uri: str, parent_run_id: str) -> None:
+    """A new sweep of a study that already has one in this store: name, in one line, the config
+    keys that shape results and differ, so a changed setting is a clear restart, not a silent one."""
+    experiment_id = get_run(uri, parent_run_id).info.experiment_id
+    identity = {"itstudy.kind": "sweep", "itstudy.study": study.name}
+    earlier = [run for run in find_runs(uri, experiment_id, identity) if run.info.run_id != parent_run_id]
+    if not earlier or "config.yaml" not in list_artifacts(uri, earlier[0].info.run_id):
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        saved = yaml.safe_load(download_artifact(uri, earlier[0].info.run_id, "config.yaml", scratch).read_text())
+    changed = changed_result_keys(saved, to_plain(study)) or ["no key that shapes results (grid, search or baselines only)"]
+    print(
+        f"[{sweep_name(study)}] a new sweep: its config differs from the earlier sweep {earlier[0].info.run_name} "
+        f"in {', '.join(changed)}; that sweep's runs stay in MLflow beside this one's"
+    )
 
 
 def model_free_baselines(study: Study, trials: list[Trial], parent_run_id: str) -> list[BaselineResults]:

@@ -23,25 +23,11 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from itstudy.config import ConfigError, Study, config_digest, to_plain
+from itstudy.config import ConfigError, Study, changed_result_keys, config_digest, to_plain
 
 log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"
-RESULT_NEUTRAL_KEYS = (
-    "name",
-    "description",
-    "tracking",
-    "resources",  # the world size, which does change the data split, is checked on its own
-    "grid",  # a trial's config holds its point's values; the other points do not shape it
-    "search",
-    "baselines",
-    "train.checkpoints_to_keep",
-    "train.max_failures",
-    "train.log_every_steps",
-    "train.fail_at_step",
-)
-"""Config keys (and sections) a run may change and still resume: they do not change its result."""
 
 MANIFEST = "manifest.json"
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -118,7 +104,7 @@ def usable_checkpoint(restored: Path | None) -> Path | None:
 
 def read_trainer_state(folder: Path, token_digest: str, world_size: int, study: Study) -> dict:
     """The saved trainer state, refused if it belongs to other data, another world size or another result config."""
-    changed = _changed_keys(yaml.safe_load((folder / "config.yaml").read_text()), to_plain(study))
+    changed = changed_result_keys(yaml.safe_load((folder / "config.yaml").read_text()), to_plain(study))
     if changed:
         raise ConfigError(
             f"checkpoint {folder}: written with another value of {', '.join(changed)}; resuming would mix two "
@@ -136,19 +122,6 @@ def read_trainer_state(folder: Path, token_digest: str, world_size: int, study: 
             f"resuming would change the data split and the result; use resources.workers_per_trial={state['world_size']}"
         )
     return state
-
-
-def _changed_keys(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two configs, leaving out RESULT_NEUTRAL_KEYS."""
-    if prefix.rstrip(".") in RESULT_NEUTRAL_KEYS:
-        return []
-    if not (isinstance(saved, dict) and isinstance(current, dict)):
-        return [prefix.rstrip(".")] if saved != current else []
-    return [
-        changed
-        for key in sorted(saved.keys() | current.keys())
-        for changed in _changed_keys(saved.get(key), current.get(key), f"{prefix}{key}.")
-    ]
 
 
 # --- random state ------------------------------------------------------------------------------
