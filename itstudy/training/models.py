@@ -1,13 +1,14 @@
 """Models, tokenizers and precision for T5 instruction tuning.
 
 A model is one of:
-- a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests; `t5-small`,
-  `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt architecture: gated-GELU, untied
-  input and output embeddings, vocabulary 32128), since no pretrained weights are reachable here;
+- a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests and the demo, with
+  tied embeddings; `t5-small`, `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt
+  architecture: gated-GELU, untied input and output embeddings, vocabulary 32128), since no
+  pretrained weights are reachable here;
 - a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path.
 
 A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_TOKENIZER, else
-the hub), a hub id or folder, or a byte-level BPE trained on the run's own texts (`bpe`).
+the hub), a hub id or folder, or a word-level BPE trained on the run's own texts (`bpe`).
 
 Precision is bf16 (autocast, fp32 master weights, as Hugging Face's Trainer does) or fp32; `auto`
 picks bf16 on GPU and fp32 on CPU. fp16 is not among them: T5 overflows to NaN in fp16
@@ -21,8 +22,11 @@ name the field.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
+import string
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,12 +54,18 @@ T5_VOCAB_SIZE = 32128  # the T5 embedding size: 32100 SentencePiece pieces padde
 # The T5 v1.1 / lm-adapt architectures (google/t5-v1_1-*, google/t5-*-lm-adapt config.json files).
 _V11 = {"feed_forward_proj": "gated-gelu", "d_kv": 64, "relative_attention_num_buckets": 32}
 NAMED_SHAPES: dict[str, dict] = {
-    "t5-tiny": {"feed_forward_proj": "gated-gelu", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4},
+    # Not a public shape: tied input and output embeddings (as in the original T5, unlike v1.1), so
+    # the decoder can answer with a word by reproducing its embedding from the prompt.
+    "t5-tiny": {"feed_forward_proj": "gated-gelu", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4,
+                "tie_word_embeddings": True},
     "t5-small": {**_V11, "d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
     "t5-base": {**_V11, "d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
     "t5-large": {**_V11, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
     "t5-xl": {**_V11, "d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32},
 }
+
+_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
+_END_OF_WORD = "</w>"  # marks a word's last BPE piece (train_bpe_tokenizer)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -117,17 +127,17 @@ def t5_config(shape: str, vocab_size: int = T5_VOCAB_SIZE, pad_id: int = 0, eos_
     if not is_named_shape(shape):
         raise ModelSpecError(f"model shape {shape!r}: expected one of {', '.join(NAMED_SHAPES)}")
     return T5Config(
-        **NAMED_SHAPES[shape],
+        # v1.1 / lm-adapt: separate output embedding, no decoder-output rescaling (unless the shape says otherwise)
+        **{"tie_word_embeddings": False, **NAMED_SHAPES[shape]},
         vocab_size=vocab_size,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
         decoder_start_token_id=pad_id,
-        tie_word_embeddings=False,  # v1.1 / lm-adapt: separate output embedding, no decoder-output rescaling
     )
 
 
 def new_t5(config: T5Config, seed: int) -> T5ForConditionalGeneration:
-    """A T5 with random weights drawn from `seed`, output embedding untied from the input one.
+    """A T5 with random weights drawn from `seed`; the output embedding untied unless the config ties it.
 
     transformers 5 always ties T5's lm_head to the shared embedding at construction (it unties
     only when a checkpoint holds both with different values), so the v1.1 head is split off here;
@@ -136,6 +146,10 @@ def new_t5(config: T5Config, seed: int) -> T5ForConditionalGeneration:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5ForConditionalGeneration(config)
+        # transformers 5 keeps tie_word_embeddings=True for T5 and records a v1.1 config
+        # (tie_word_embeddings=False) as scale_decoder_outputs=False.
+        if config.scale_decoder_outputs:
+            return model
         # T5's own init for an untied head: N(0, initializer_factor).
         head = torch.empty_like(model.shared.weight).normal_(0.0, config.initializer_factor)
     model.lm_head.weight = nn.Parameter(head)
@@ -206,23 +220,51 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `texts`, with T5's special-token layout (pad 0, eos 1, unk 2).
+    """A word-level BPE trained on `texts`, with T5's special-token layout (pad 0, eos 1, unk 2).
 
-    Byte-level so that any text round-trips through encode/decode (no unknown characters at test
-    time); BPE because the `tokenizers` Unigram trainer degenerates to single characters on small
-    corpora. Like T5's, it appends </s> to every sequence.
+    Words are split off at whitespace and punctuation before BPE, and a word's last piece carries
+    the `</w>` suffix, so a word gets the same tokens wherever it stands: `'ocean'` in a
+    definition, `Output: ocean.` in a demonstration and the target `ocean` all hold `ocean</w>`.
+    (A byte-level BPE gave them three different spellings, and a tiny model trained from scratch
+    could not learn to answer with the label words its prompt names.) The cost: decoding puts
+    spaces around punctuation ("it's" -> "it ' s"), which SuperNI's answer normalisation removes
+    for single-word labels. Printable ASCII is always in the vocabulary; other characters not seen
+    in `texts` become <unk>. BPE because the `tokenizers` Unigram trainer degenerates to single
+    characters on small corpora. Like T5's, it appends </s> to every sequence.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix=_END_OF_WORD))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tokenizer.decoder = decoders.BPEDecoder(suffix=_END_OF_WORD)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(_SPECIAL_TOKENS),
+        initial_alphabet=list(string.printable.strip()),
+        end_of_word_suffix=_END_OF_WORD,
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    # Every printable character as a word of its own: its word-final form (`a</w>`) is then in the vocabulary too.
+    tokenizer.train_from_iterator(itertools.chain([" ".join(string.printable.strip())], texts), trainer)
+    tokenizer.model = _alphabet_in_sorted_order(tokenizer)
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def _alphabet_in_sorted_order(tokenizer):
+    """The trained BPE model with its single-character tokens numbered in sorted order.
+
+    Why: the trainer numbers equally frequent characters in hash-map order, which changes from
+    one process to the next; merged tokens are numbered in merge order, which is deterministic.
+    """
+    from tokenizers import models
+
+    trained = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(merge) for merge in trained["merges"]]
+    merged = {left + right for left, right in merges}
+    by_id = sorted(trained["vocab"], key=trained["vocab"].get)
+    specials = list(_SPECIAL_TOKENS)
+    alphabet = sorted(token for token in by_id if token not in merged and token not in specials)
+    rest = [token for token in by_id if token in merged]
+    vocab = {token: index for index, token in enumerate(specials + alphabet + rest)}
+    return models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", end_of_word_suffix=_END_OF_WORD)
