@@ -8,7 +8,7 @@ A model is one of:
 - a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path.
 
 A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_TOKENIZER, else
-the hub), a hub id or folder, or a word-level BPE trained on the run's own texts (`bpe`).
+the hub), a hub id or folder, or a byte-level BPE over whole words trained on the run's own texts (`bpe`).
 
 Precision is bf16 (autocast, fp32 master weights, as Hugging Face's Trainer does) or fp32; `auto`
 picks bf16 on GPU and fp32 on CPU. fp16 is not among them: T5 overflows to NaN in fp16
@@ -22,11 +22,8 @@ name the field.
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
 import os
-import string
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,9 +60,6 @@ NAMED_SHAPES: dict[str, dict] = {
     "t5-large": {**_V11, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
     "t5-xl": {**_V11, "d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32},
 }
-
-_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
-_END_OF_WORD = "</w>"  # marks a word's last BPE piece (train_bpe_tokenizer)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -220,51 +214,34 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A word-level BPE trained on `texts`, with T5's special-token layout (pad 0, eos 1, unk 2).
+    """A byte-level BPE over whole words, trained on `texts`, with T5's special-token layout (pad 0, eos 1, unk 2).
 
-    Words are split off at whitespace and punctuation before BPE, and a word's last piece carries
-    the `</w>` suffix, so a word gets the same tokens wherever it stands: `'ocean'` in a
-    definition, `Output: ocean.` in a demonstration and the target `ocean` all hold `ocean</w>`.
-    (A byte-level BPE gave them three different spellings, and a tiny model trained from scratch
-    could not learn to answer with the label words its prompt names.) The cost: decoding puts
-    spaces around punctuation ("it's" -> "it ' s"), which SuperNI's answer normalisation removes
-    for single-word labels. Printable ASCII is always in the vocabulary; other characters not seen
-    in `texts` become <unk>. BPE because the `tokenizers` Unigram trainer degenerates to single
+    Text is split at whitespace and punctuation first and every word gets the same leading-space
+    marker, so a word has the same tokens wherever it stands: `'ocean'` in a definition,
+    `Output: ocean.` in a demonstration and the target `ocean` all hold `Ġocean`. (Plain
+    byte-level BPE spelt them three ways, and a tiny model trained from scratch could not learn
+    to answer with the label words its prompt names.) The cost: decoding puts spaces around
+    punctuation ("it's" -> "it ' s"), which SuperNI's answer normalisation removes for
+    single-word labels. Byte-level, so any text encodes (nothing is unknown); training is
+    deterministic (a BPE with an end-of-word suffix was not: it numbers the suffixed characters
+    in hash-map order). BPE because the `tokenizers` Unigram trainer degenerates to single
     characters on small corpora. Like T5's, it appends </s> to every sequence.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix=_END_OF_WORD))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tokenizer.decoder = decoders.BPEDecoder(suffix=_END_OF_WORD)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Punctuation(),
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),  # every word gets its leading Ġ
+    ])
+    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])  # no leading space
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(_SPECIAL_TOKENS),
-        initial_alphabet=list(string.printable.strip()),
-        end_of_word_suffix=_END_OF_WORD,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Every printable character as a word of its own: its word-final form (`a</w>`) is then in the vocabulary too.
-    tokenizer.train_from_iterator(itertools.chain([" ".join(string.printable.strip())], texts), trainer)
-    tokenizer.model = _alphabet_in_sorted_order(tokenizer)
+    tokenizer.train_from_iterator(texts, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def _alphabet_in_sorted_order(tokenizer):
-    """The trained BPE model with its single-character tokens numbered in sorted order.
-
-    Why: the trainer numbers equally frequent characters in hash-map order, which changes from
-    one process to the next; merged tokens are numbered in merge order, which is deterministic.
-    """
-    from tokenizers import models
-
-    trained = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(merge) for merge in trained["merges"]]
-    merged = {left + right for left, right in merges}
-    by_id = sorted(trained["vocab"], key=trained["vocab"].get)
-    specials = list(_SPECIAL_TOKENS)
-    alphabet = sorted(token for token in by_id if token not in merged and token not in specials)
-    rest = [token for token in by_id if token in merged]
-    vocab = {token: index for index, token in enumerate(specials + alphabet + rest)}
-    return models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", end_of_word_suffix=_END_OF_WORD)
