@@ -12,11 +12,12 @@ lower its loss by memorising those words instead; version 2 (10 fixed label sets
 that: a tiny T5 answered a training word on every test task (label-space rate 0%, 28.6 EM against
 50 for random guessing). Here each of the 14 training rules is written as it is and 15 more times
 with label words drawn from a 40-word pool (224 training tasks), so the prompt is the only place
-the answer's words can come from. Measured on 2 cores (t5-tiny with tied embeddings, word-level
-BPE, 20 instances per task, 5 epochs = 1,400 steps at batch 16, lr 2e-3): training loss 0.81 and
-every prediction on the 7 unseen test tasks inside that task's label space (label-space rate
-100%); with a 190-word pool, untied embeddings or the byte-level BPE it stayed at 0%. The pool
-holds every test label word, as SuperNI's training outputs hold yes/no or positive/negative.
+the answer's words can come from. The pool holds every test label word, as SuperNI's training
+outputs hold yes/no or positive/negative. Measured on 2 cores (t5-tiny with tied embeddings,
+word-consistent BPE, 20 instances per task, batch 16, lr 2e-3): after 1,400 steps one seed
+answered inside each test task's label space every time and another only 80% of the time
+(one test task answered with a pool word); after 2,240 steps (the demo's 8 epochs) both did
+(100%). With a 190-word pool, scratch runs stayed at 0% after 1,120 steps.
 
 Test tasks keep their natural label words, and their counterfactual pairs (two definitions over
 the same inputs) tell a model that reads the rule from one that only answers in the format.
@@ -29,7 +30,15 @@ Two modules:
   inputs, the task JSON, the split lists, and the cache folder named by the generator version.
 """
 
-from itstudy.data.synthetic.families import FAMILIES, LABEL_POOL, POOL_DRAWS, Family, Rule, counterfactual_pairs, written_groups
+from itstudy.data.synthetic.families import (
+    FAMILIES,
+    LABEL_POOL,
+    POOL_DRAWS,
+    Family,
+    Rule,
+    counterfactual_pairs,
+    written_groups,
+)
 from itstudy.data.synthetic.generator import (
     GENERATOR_VERSION,
     SyntheticError,

@@ -372,7 +372,8 @@ def written_groups(family: Family, seed: int) -> list[tuple[Rule, ...]]:
         written.append(group)
         for draw in range(1, POOL_DRAWS + 1):
             # Seeding with a string hashes it with SHA-512: stable across runs, processes and platforms.
-            words = tuple(random.Random(f"itstudy-labels:{seed}:{family.name}:{index}:{draw}").sample(LABEL_POOL, len(group[0].labels)))
+            rng = random.Random(f"itstudy-labels:{seed}:{family.name}:{index}:{draw}")
+            words = tuple(rng.sample(LABEL_POOL, len(group[0].labels)))
             written.append(tuple(relabelled(rule, words, f"d{draw:02d}") for rule in group))
     return written
 
