@@ -175,7 +175,7 @@ def test_digest_is_stable_and_tracks_the_selection(superni_dir):
 
 def test_the_default_config_runs_on_the_synthetic_suite_with_no_download():
     data = load_study_data(DataConfig(), seed=42)
-    assert len(data.train) == 23 and len(data.test) == 7
+    assert len(data.train) == 224 and len(data.test) == 7
     assert all(task.is_classification for task in data.train + data.test)
     assert all(len(task.instances) == 100 for task in data.train + data.test)
     assert data.notes == () and data.source.startswith(f"synthetic suite v{GENERATOR_VERSION}-seed0-n200")

@@ -8,6 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config
 
+from itstudy.data.task import Example
+from itstudy.prompts import render_definition, render_example, render_task_input
 from itstudy.training.models import (
     ModelSpecError,
     build_model,
@@ -55,7 +57,7 @@ def test_a_saved_model_loads_back_through_from_pretrained(tmp_path, t5_tokenizer
     labels = t5_tokenizer(["yes"], return_tensors="pt")["input_ids"]
     model.eval(), loaded.eval()
     assert torch.equal(model(**batch, labels=labels).loss, loaded(**batch, labels=labels).loss)
-    assert loaded.lm_head.weight is not loaded.shared.weight
+    assert loaded.lm_head.weight is loaded.shared.weight  # t5-tiny ties its embeddings, and stays tied
 
 
 def test_unknown_model_name_offline_is_refused_with_the_reason():
@@ -85,13 +87,27 @@ def test_t5_tokenizer_comes_from_the_configured_folder(t5_tokenizer_dir, monkeyp
     assert tokenizer("Output: yes")["input_ids"][-1] == 1  # </s> appended, as Tk-Instruct's counts assume
 
 
-def test_bpe_tokenizer_round_trips_any_text_and_uses_t5_special_ids():
+def test_bpe_tokenizer_round_trips_words_and_uses_t5_special_ids():
     texts = ["Definition: Answer yes or no.", "Input: the movie was great. Output: yes"] * 20
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
     again = train_bpe_tokenizer(texts, vocab_size=300)
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
-    unseen = "Zürich — ünseen text, 42!"
+    unseen = "Zürich — ünseen text , 42 !"  # words apart from punctuation: decoded as written
     ids = tokenizer(unseen)["input_ids"]
-    assert ids[-1] == 1
-    assert tokenizer.decode(ids, skip_special_tokens=True) == unseen  # byte-level: nothing is unknown
-    assert ids == again(unseen)["input_ids"]  # training is deterministic
+    assert ids[-1] == 1 and tokenizer.unk_token_id not in ids  # byte-level: nothing is unknown
+    assert tokenizer.decode(ids, skip_special_tokens=True) == unseen
+    assert ids == again(unseen)["input_ids"] and tokenizer.get_vocab() == again.get_vocab()  # training is deterministic
+
+
+def test_bpe_tokenizer_spells_a_label_word_alike_in_definition_demonstration_and_target():
+    source = (
+        render_definition("Answer 'ocean' if the number is even, and 'tiger' otherwise")
+        + render_example("Positive", 1, Example("4", "ocean"))
+        + render_example("Positive", 2, Example("7", "tiger"))
+        + render_task_input("8")
+    )
+    tokenizer = train_bpe_tokenizer([source, "ocean", "tiger"] * 5, vocab_size=400)
+    target = tokenizer("ocean", add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(source, add_special_tokens=False)["input_ids"]
+    starts = [i for i in range(len(prompt)) if prompt[i:i + len(target)] == target]
+    assert len(starts) == 2, "once quoted in the definition, once as a demonstration's output"

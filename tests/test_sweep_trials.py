@@ -38,7 +38,7 @@ def test_grid_expands_to_the_product_with_stable_unique_readable_keys():
     # Seeds of one configuration share the label the table averages over.
     assert {trial.label for trial in trials if trial.study.variant.definition == "simplified"} == {
         "def-simplified+ex-original_n20",
-        "def-simplified+ex-original_n100",
+        "def-simplified+ex-delusive_n20",
     }
 
 

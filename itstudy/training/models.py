@@ -1,13 +1,14 @@
 """Models, tokenizers and precision for T5 instruction tuning.
 
 A model is one of:
-- a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests; `t5-small`,
-  `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt architecture: gated-GELU, untied
-  input and output embeddings, vocabulary 32128), since no pretrained weights are reachable here;
+- a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests and the demo, with
+  tied embeddings; `t5-small`, `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt
+  architecture: gated-GELU, untied input and output embeddings, vocabulary 32128), since no
+  pretrained weights are reachable here;
 - a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path.
 
 A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_TOKENIZER, else
-the hub), a hub id or folder, or a byte-level BPE trained on the run's own texts (`bpe`).
+the hub), a hub id or folder, or a byte-level BPE over whole words trained on the run's own texts (`bpe`).
 
 Precision is bf16 (autocast, fp32 master weights, as Hugging Face's Trainer does) or fp32; `auto`
 picks bf16 on GPU and fp32 on CPU. fp16 is not among them: T5 overflows to NaN in fp16
@@ -50,7 +51,10 @@ T5_VOCAB_SIZE = 32128  # the T5 embedding size: 32100 SentencePiece pieces padde
 # The T5 v1.1 / lm-adapt architectures (google/t5-v1_1-*, google/t5-*-lm-adapt config.json files).
 _V11 = {"feed_forward_proj": "gated-gelu", "d_kv": 64, "relative_attention_num_buckets": 32}
 NAMED_SHAPES: dict[str, dict] = {
-    "t5-tiny": {"feed_forward_proj": "gated-gelu", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4},
+    # Not a public shape: tied input and output embeddings (as in the original T5, unlike v1.1), so
+    # the decoder can answer with a word by reproducing its embedding from the prompt.
+    "t5-tiny": {"feed_forward_proj": "gated-gelu", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4,
+                "tie_word_embeddings": True},
     "t5-small": {**_V11, "d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
     "t5-base": {**_V11, "d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
     "t5-large": {**_V11, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
@@ -117,17 +121,17 @@ def t5_config(shape: str, vocab_size: int = T5_VOCAB_SIZE, pad_id: int = 0, eos_
     if not is_named_shape(shape):
         raise ModelSpecError(f"model shape {shape!r}: expected one of {', '.join(NAMED_SHAPES)}")
     return T5Config(
-        **NAMED_SHAPES[shape],
+        # v1.1 / lm-adapt: separate output embedding, no decoder-output rescaling (unless the shape says otherwise)
+        **{"tie_word_embeddings": False, **NAMED_SHAPES[shape]},
         vocab_size=vocab_size,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
         decoder_start_token_id=pad_id,
-        tie_word_embeddings=False,  # v1.1 / lm-adapt: separate output embedding, no decoder-output rescaling
     )
 
 
 def new_t5(config: T5Config, seed: int) -> T5ForConditionalGeneration:
-    """A T5 with random weights drawn from `seed`, output embedding untied from the input one.
+    """A T5 with random weights drawn from `seed`; the output embedding untied unless the config ties it.
 
     transformers 5 always ties T5's lm_head to the shared embedding at construction (it unties
     only when a checkpoint holds both with different values), so the v1.1 head is split off here;
@@ -136,6 +140,10 @@ def new_t5(config: T5Config, seed: int) -> T5ForConditionalGeneration:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5ForConditionalGeneration(config)
+        # transformers 5 keeps tie_word_embeddings=True for T5 and records a v1.1 config
+        # (tie_word_embeddings=False) as scale_decoder_outputs=False.
+        if config.scale_decoder_outputs:
+            return model
         # T5's own init for an untied head: N(0, initializer_factor).
         head = torch.empty_like(model.shared.weight).normal_(0.0, config.initializer_factor)
     model.lm_head.weight = nn.Parameter(head)
@@ -206,17 +214,28 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `texts`, with T5's special-token layout (pad 0, eos 1, unk 2).
+    """A byte-level BPE over whole words, trained on `texts`, with T5's special-token layout (pad 0, eos 1, unk 2).
 
-    Byte-level so that any text round-trips through encode/decode (no unknown characters at test
-    time); BPE because the `tokenizers` Unigram trainer degenerates to single characters on small
-    corpora. Like T5's, it appends </s> to every sequence.
+    Text is split at whitespace and punctuation first and every word gets the same leading-space
+    marker, so a word has the same tokens wherever it stands: `'ocean'` in a definition,
+    `Output: ocean.` in a demonstration and the target `ocean` all hold `Ġocean`. (Plain
+    byte-level BPE spelt them three ways, and a tiny model trained from scratch could not learn
+    to answer with the label words its prompt names.) The cost: decoding puts spaces around
+    punctuation ("it's" -> "it ' s"), which SuperNI's answer normalisation removes for
+    single-word labels. Byte-level, so any text encodes (nothing is unknown); training is
+    deterministic (a BPE with an end-of-word suffix was not: it numbers the suffixed characters
+    in hash-map order). BPE because the `tokenizers` Unigram trainer degenerates to single
+    characters on small corpora. Like T5's, it appends </s> to every sequence.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Punctuation(),
+        pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False),  # every word gets its leading Ġ
+    ])
+    tokenizer.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])  # no leading space
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=["<pad>", "</s>", "<unk>"],

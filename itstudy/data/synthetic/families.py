@@ -1,16 +1,15 @@
-"""The synthetic suite's content, as data: 30 tasks in 6 families, each a set of rules over one kind of input.
+"""The synthetic suite's content, as data: 231 tasks in 6 families, each a set of rules over one kind of input.
 
 A family shares one kind of input (numbers, review sentences, noun phrases, made-up words, number
 pairs, premise/hypothesis pairs); its tasks apply different rules to it. Training and test
 families are disjoint, so test tasks are unseen in kind, not only in instances. Every definition
 states its rule and names its labels.
 
-Output space stated in the instruction: each yes/no training rule also appears with other label
-words (true/false, red/blue, agree/disagree, accept/reject, alpha/beta), so training answers use
-10 label sets and the same rule asks for different words in different tasks. Which word to answer
-can then only be read from the definition and demonstrations, the effect Kung & Peng measure.
-Three test tasks answer with words no training task outputs (first/second,
-entailment/contradiction): only a model that reads its prompt's labels can produce them.
+Output space stated in the instruction: each training group is written as it is and POOL_DRAWS
+more times with label words drawn from LABEL_POOL (a pair draws one label set for both rules), so
+the same rule asks for different words in different tasks and no fixed label set can be
+memorised: which words to answer can only be read from the definition and demonstrations. Test
+tasks keep their natural words (yes/no, first/second, entailment/contradiction), all in the pool.
 
 Counterfactual pairs: the two rules of a group of two see the same inputs (and the same
 demonstration inputs) under two definitions that label them differently, e.g. "is the number
@@ -22,6 +21,8 @@ Changing anything here changes the generated files: bump `generator.GENERATOR_VE
 from __future__ import annotations
 
 import itertools
+import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -59,21 +60,17 @@ def _yes_no(condition: bool) -> str:
     return "yes" if condition else "no"
 
 
-def _in_words(group: tuple[Rule, ...], *vocabularies: tuple[str, str]) -> tuple[tuple[Rule, ...], ...]:
-    """The yes/no group as written, then once per vocabulary with 'yes' and 'no' replaced by its words.
+def relabelled(rule: Rule, words: tuple[str, ...], suffix: str) -> Rule:
+    """The rule with its label words replaced, position by position, in its definition and outputs.
 
-    Why: if most training tasks answered yes or no, a model would learn that format and never
-    need to read the labels its instruction names. The same rule under several label words makes
-    the prompt the only place the right word can come from.
+    Definitions quote their labels ('yes'), so only quoted occurrences are replaced: "a positive
+    opinion" stays, "'positive'" becomes the drawn word.
     """
-    return (group, *(tuple(_reworded(rule, words) for rule in group) for words in vocabularies))
-
-
-def _reworded(rule: Rule, words: tuple[str, str]) -> Rule:
-    assert rule.labels == ("yes", "no"), f"only yes/no rules are reworded, not {rule.name}"
+    assert len(words) == len(rule.labels), f"{rule.name}: {len(rule.labels)} labels, {len(words)} words"
     word = dict(zip(rule.labels, words))
-    definition = rule.definition.replace("'yes'", f"'{words[0]}'").replace("'no'", f"'{words[1]}'")
-    return Rule(f"{rule.name}_{words[0]}_{words[1]}", definition, words, lambda x: word[rule.label(x)], rule.fact)
+    quoted = re.compile("|".join(re.escape(f"'{label}'") for label in rule.labels))
+    definition = quoted.sub(lambda match: f"'{word[match.group()[1:-1]]}'", rule.definition)
+    return Rule(f"{rule.name}_{suffix}", definition, words, lambda x: word[rule.label(x)], rule.fact)
 
 
 # --- numbers (training) ---------------------------------------------------------------------------
@@ -86,24 +83,24 @@ NUMBERS = Family(
     inputs=lambda: list(range(1, 10000)),
     render=str,
     groups=(
-        *_in_words((
+        (
             Rule("is_even", f"{_NUMBER_TASK} Answer 'yes' if the number is even, and 'no' if it is odd.",
                  ("yes", "no"), lambda n: _yes_no(n % 2 == 0),
                  lambda n: f"{n} is {'even' if n % 2 == 0 else 'odd'}"),
             Rule("is_greater_than_5000", f"{_NUMBER_TASK} Answer 'yes' if the number is greater than 5000, and 'no' otherwise.",
                  ("yes", "no"), lambda n: _yes_no(n > 5000),
                  lambda n: f"{n} is {'greater than' if n > 5000 else 'not greater than'} 5000"),
-        ), ("true", "false")),
+        ),
         (
             Rule("parity", f"{_NUMBER_TASK} Classify it as 'even' if it is divisible by 2 and as 'odd' otherwise.",
                  ("even", "odd"), lambda n: "even" if n % 2 == 0 else "odd",
                  lambda n: f"{n} leaves remainder {n % 2} when divided by 2"),
         ),
-        *_in_words((
+        (
             Rule("is_divisible_by_three", f"{_NUMBER_TASK} Answer 'yes' if the number is divisible by 3, and 'no' otherwise.",
                  ("yes", "no"), lambda n: _yes_no(n % 3 == 0),
                  lambda n: f"{n} leaves remainder {n % 3} when divided by 3"),
-        ), ("red", "blue")),
+        ),
     ),
 )
 
@@ -155,12 +152,12 @@ SENTIMENT = Family(
                  ("positive", "negative"), lambda r: "negative" if r.polarity == "positive" else "positive",
                  lambda r: f"{_opinion(r)} and the labels are swapped"),
         ),
-        *_in_words((
+        (
             Rule("is_positive", f"{_REVIEW_TASK} Answer 'yes' if the opinion is positive, and 'no' if it is negative.",
                  ("yes", "no"), lambda r: _yes_no(r.polarity == "positive"), _opinion),
             Rule("is_negative", f"{_REVIEW_TASK} Answer 'yes' if the opinion is negative, and 'no' if it is positive.",
                  ("yes", "no"), lambda r: _yes_no(r.polarity == "negative"), _opinion),
-        ), ("agree", "disagree")),
+        ),
     ),
 )
 
@@ -209,12 +206,12 @@ WORDS = Family(
             Rule("category", f"{_PHRASE_TASK} Say what its noun names: answer 'animal', 'fruit', 'tool' or 'vehicle'.",
                  ("animal", "fruit", "tool", "vehicle"), lambda p: p.kind, _names),
         ),
-        *_in_words((
+        (
             Rule("is_animal", f"{_PHRASE_TASK} Answer 'yes' if its noun names an animal, and 'no' otherwise.",
                  ("yes", "no"), lambda p: _yes_no(p.kind == "animal"), _names),
             Rule("is_tool", f"{_PHRASE_TASK} Answer 'yes' if its noun names a tool, and 'no' otherwise.",
                  ("yes", "no"), lambda p: _yes_no(p.kind == "tool"), _names),
-        ), ("accept", "reject")),
+        ),
     ),
 )
 
@@ -246,14 +243,14 @@ STRINGS = Family(
     inputs=_made_up_words,
     render=str,
     groups=(
-        *_in_words((
+        (
             Rule("starts_with_vowel", f"{_WORD_TASK} Answer 'yes' if its first letter is a vowel (a, e, i, o, u), and 'no' otherwise.",
                  ("yes", "no"), lambda w: _yes_no(w[0] in _VOWELS),
                  lambda w: f"'{w}' starts with '{w[0]}', {_vowel_or_consonant(w[0])}"),
             Rule("ends_with_vowel", f"{_WORD_TASK} Answer 'yes' if its last letter is a vowel (a, e, i, o, u), and 'no' otherwise.",
                  ("yes", "no"), lambda w: _yes_no(w[-1] in _VOWELS),
                  lambda w: f"'{w}' ends with '{w[-1]}', {_vowel_or_consonant(w[-1])}"),
-        ), ("alpha", "beta")),
+        ),
         (
             Rule("length", f"{_WORD_TASK} Answer 'long' if it has more than 5 letters, and 'short' otherwise.",
                  ("long", "short"), lambda w: "long" if len(w) > 5 else "short",
@@ -347,12 +344,45 @@ ENTAILMENT = Family(
 
 FAMILIES: tuple[Family, ...] = (NUMBERS, SENTIMENT, WORDS, STRINGS, COMPARISON, ENTAILMENT)
 
+# --- label words drawn for training tasks ---------------------------------------------------------
+
+LABEL_POOL: tuple[str, ...] = (
+    "yes", "no", "true", "false", "first", "second", "entailment", "contradiction",
+    "correct", "incorrect", "right", "wrong", "accept", "reject", "agree", "disagree",
+    "alpha", "beta", "red", "blue", "green", "gold", "silver", "stone", "river", "ocean",
+    "tiger", "piano", "candle", "forest", "apple", "lemon", "cloud", "rocket",
+    "valid", "invalid", "match", "mismatch", "pass", "fail",
+)
+"""Label words of the drawn training tasks; it holds every test label word, as SuperNI's training outputs do."""
+
+POOL_DRAWS = 15
+"""How many times each training group is written again with label words drawn from LABEL_POOL."""
+
+
+def written_groups(family: Family, seed: int) -> list[tuple[Rule, ...]]:
+    """The groups the generator writes: test groups as they are; each training group as it is and
+    POOL_DRAWS times with words drawn from LABEL_POOL (one draw per group: a pair keeps one label set).
+
+    The draws depend on `seed`; the task names (`<rule>_d01` ...) do not.
+    """
+    if family.split == "test":
+        return list(family.groups)
+    written = []
+    for index, group in enumerate(family.groups):
+        written.append(group)
+        for draw in range(1, POOL_DRAWS + 1):
+            # Seeding with a string hashes it with SHA-512: stable across runs, processes and platforms.
+            rng = random.Random(f"itstudy-labels:{seed}:{family.name}:{index}:{draw}")
+            words = tuple(rng.sample(LABEL_POOL, len(group[0].labels)))
+            written.append(tuple(relabelled(rule, words, f"d{draw:02d}") for rule in group))
+    return written
+
 
 def counterfactual_pairs() -> list[tuple[str, str]]:
-    """Task-name pairs that share their inputs under definitions with different labels."""
+    """Task-name pairs that share their inputs under definitions with different labels (any seed)."""
     return [
         (family.task_name(group[0]), family.task_name(group[1]))
         for family in FAMILIES
-        for group in family.groups
+        for group in written_groups(family, seed=0)
         if len(group) == 2
     ]

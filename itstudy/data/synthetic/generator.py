@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from itstudy.config import SyntheticConfig
-from itstudy.data.synthetic.families import FAMILIES, Family, Rule
+from itstudy.data.synthetic.families import FAMILIES, Family, Rule, written_groups
 from itstudy.errors import UserError
 
 # Bump whenever the generated content changes: the cache folder name includes it.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLIT = "default"
 
 
@@ -63,7 +63,7 @@ def write_synthetic_suite(folder: str | Path, cfg: SyntheticConfig) -> Path:
     (folder / "splits" / SPLIT).mkdir(parents=True, exist_ok=True)
     names: dict[str, list[str]] = {"train": [], "test": []}
     for family in FAMILIES:
-        for group_index, group in enumerate(family.groups):
+        for group_index, group in enumerate(written_groups(family, cfg.seed)):
             for name, task in _group_tasks(family, group_index, group, cfg).items():
                 text = json.dumps(task, indent=1, ensure_ascii=False) + "\n"
                 (folder / "tasks" / f"{name}.json").write_text(text, encoding="utf-8")
