@@ -30,7 +30,7 @@ from itstudy.config import load_study
 from itstudy.sweep.trials import expand_grid, sweep_name
 from itstudy.tracking import MetricJournal, RunLogger, check_tracking, create_run, ensure_experiment, replay
 from itstudy.training.checkpoints import CHECKPOINT_PREFIX, MANIFEST, TRAINER_STATE
-from itstudy.training.loop import WorkerJob, run_worker
+from itstudy.training.loop import InjectedFault, WorkerJob, run_worker
 from itstudy.training.prepare import prepare_run
 from itstudy.training.reporter import PlainReporter
 
@@ -96,7 +96,8 @@ def test_a_line_cut_short_by_a_crash_is_skipped_and_later_lines_still_read(tmp_p
     assert journal.latest() == {"train_loss": 20.0, "learning_rate": 20.0}
 
 
-def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri, tmp_path):
+def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would wait minutes on the dead store
     run_id = _new_run(sqlite_uri, "outage")
     journal = MetricJournal(tmp_path / f"{run_id}.jsonl")
     dead = "http://127.0.0.1:9"  # nothing listens: every write fails
@@ -168,9 +169,10 @@ def test_checkpoints_carry_the_metric_record_and_a_manifest_written_last(prepare
 def test_a_truncated_latest_checkpoint_is_named_and_the_previous_one_resumed(prepared, tmp_path, caplog):
     study, tokenizer, data = prepared
     uninterrupted = run_worker(WorkerJob(study, data, tokenizer), PlainReporter(tmp_path / "a"))
-    short = study.model_copy(update={"train": study.train.model_copy(update={"max_steps": 20})})
+    failing = study.model_copy(update={"train": study.train.model_copy(update={"fail_at_step": 21})})
     first = PlainReporter(tmp_path / "b", keep=2)
-    run_worker(WorkerJob(short, data, tokenizer), first)  # checkpoints at 10 and 20
+    with pytest.raises(InjectedFault):  # after the checkpoints at steps 10 and 20
+        run_worker(WorkerJob(failing, data, tokenizer), first)
     latest = first.checkpoints()[-1]
     state = latest / TRAINER_STATE
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a disk filled up mid-write
