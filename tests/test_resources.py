@@ -37,7 +37,9 @@ HALF_GPU = [
 
 
 def _bundles(study, kind: str) -> list[dict]:
-    context = SweepContext(study=to_plain(study), tracking_uri="", experiment_id="", parent_run_id="", train_storage_path="")
+    context = SweepContext(
+        study=to_plain(study), tracking_uri="", experiment_id="", parent_run_id="", train_storage_path="", journal_dir=""
+    )
     point = expand_grid(study)[0].point
     return TrialResources(context)({"trial": {"kind": kind, "point": point}}).bundles
 
