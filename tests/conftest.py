@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,19 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+def _free_ports(count: int = 1) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:  # held together, so the ports differ
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def free_ports():
+    """`free_ports(n)`: n distinct TCP ports on 127.0.0.1 that nothing listens on when it is called."""
+    return _free_ports

@@ -10,7 +10,6 @@ Playwright drives it through `executable_path`; `playwright install` (a download
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -48,20 +47,13 @@ def real_study(tmp_path_factory):
     return real_study_once(tmp_path_factory.getbasetemp())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def screenshot_mlflow_ui(browser, tracking_uri: str, experiment: str, folder: Path) -> list[Path]:
+def screenshot_mlflow_ui(browser, tracking_uri: str, experiment: str, folder: Path, port: int) -> list[Path]:
     """Open the study in the MLflow UI: the sweep run, its nested runs, a trial's metrics; one screenshot each."""
     folder.mkdir(parents=True, exist_ok=True)
     runs = load_runs(tracking_uri, experiment)
     sweep = runs[runs["tags.itstudy.kind"] == "sweep"].iloc[0]
     trial = runs[runs["tags.itstudy.kind"] == "trial"].sort_values("name").iloc[0]
     experiment_id = experiment_id_of(tracking_uri, experiment)
-    port = _free_port()
     server = start_server(tracking_uri, port=port, log_file=folder / "mlflow-server.log")
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     try:
@@ -103,8 +95,8 @@ def screenshot_report(browser, report: Path, folder: Path) -> tuple[Path, list[i
         page.close()
 
 
-def test_mlflow_ui_shows_the_experiment_nested_runs_and_metrics(browser, real_study):
-    shots = screenshot_mlflow_ui(browser, real_study.tracking_uri, real_study.experiment, OUTPUT)
+def test_mlflow_ui_shows_the_experiment_nested_runs_and_metrics(browser, real_study, free_ports):
+    shots = screenshot_mlflow_ui(browser, real_study.tracking_uri, real_study.experiment, OUTPUT, free_ports(1)[0])
     for shot in shots:
         assert shot.stat().st_size > 10_000, shot
     print(f"\nMLflow UI screenshots: {', '.join(map(str, shots))}")

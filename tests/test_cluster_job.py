@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -58,16 +57,6 @@ RAY_SERVICES = (
 )
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _python_without_itstudy(folder: Path) -> Path:
     """A virtual environment that sees this one's dependencies but not its (editable) itstudy; its bin folder.
 
@@ -85,9 +74,9 @@ def _python_without_itstudy(folder: Path) -> Path:
 
 
 @pytest.fixture
-def local_cluster(tmp_path):
+def local_cluster(tmp_path, free_ports):
     """cluster/local-up.sh on free ports; yields the environment its env.sh exports; local-down.sh after."""
-    ray_port, dashboard, mlflow, *services = _free_ports(3 + len(RAY_SERVICES))
+    ray_port, dashboard, mlflow, *services = free_ports(3 + len(RAY_SERVICES))
     bin_folder = _python_without_itstudy(tmp_path / "venv")
     inherited = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env = {
@@ -163,7 +152,8 @@ def test_a_study_submitted_as_a_ray_job_lands_in_mlflow(local_cluster, tmp_path)
         "majority", "random", "untuned"
     ]
     for _, child in children.iterrows():
-        assert child["metrics.exact_match"] >= 0
+        # Every run, trained, untuned or model-free, carries its headline and format metrics (NaN fails both).
+        assert 0 <= child["metrics.exact_match"] <= 100 and 0 <= child["metrics.label_space_rate"] <= 100
         assert {"predictions.jsonl", "task_metrics.csv"} <= set(list_artifacts(uri, child["run_id"]))
     trained = children[children["tags.itstudy.kind"] == "trial"]
     assert trained["metrics.train_loss"].notna().all()

@@ -13,7 +13,6 @@ import collections
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -338,11 +337,9 @@ def _mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.ray
-def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing(clean_reference, tmp_path):
+def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing(clean_reference, tmp_path, free_ports):
     reference = clean_reference[3]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)
     uri = f"http://127.0.0.1:{port}"
     home, server_log = tmp_path / "home", tmp_path / "server.log"
     server = _mlflow_server(tmp_path, port, server_log)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,17 +48,11 @@ def sqlite_uri(tmp_path_factory) -> str:
     return uri
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def mlflow_server(tmp_path_factory, free_ports):
     """A real `mlflow server` on loopback that proxies artifacts over HTTP, as a multi-node cluster uses it."""
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    (port,) = free_ports(1)
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
     command += ["--serve-artifacts", "--artifacts-destination", (folder / "artifacts").as_uri()]
@@ -122,8 +115,8 @@ def test_check_tracking_refuses_stores_a_worker_cannot_share(uri, reason):
     assert repr(uri) in str(error.value) and "\n" not in str(error.value)
 
 
-def test_check_tracking_names_an_unreachable_server():
-    uri = f"http://127.0.0.1:{_free_port()}"
+def test_check_tracking_names_an_unreachable_server(free_ports):
+    uri = f"http://127.0.0.1:{free_ports(1)[0]}"
     started = time.monotonic()
     with pytest.raises(TrackingError, match="no MLflow server answers"):
         check_tracking(uri)
@@ -330,10 +323,10 @@ def test_runs_metrics_and_artifacts_travel_through_a_real_server(mlflow_server, 
     assert download_artifact(mlflow_server, child, "task_metrics.csv", tmp_path).read_text().endswith("task1,50.0\n")
 
 
-def test_logging_to_a_dead_server_never_raises(monkeypatch):
+def test_logging_to_a_dead_server_never_raises(monkeypatch, free_ports):
     # MLflow's own HTTP retries would take minutes; the logger's retries are what is under test.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_ports(1)[0]}"
     logger = RunLogger(uri, "0123456789abcdef", flush_every=5, attempts=2, backoff_s=0.01)
     started = time.monotonic()
     for step in range(12):
