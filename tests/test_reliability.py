@@ -344,12 +344,12 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
     home, server_log = tmp_path / "home", tmp_path / "server.log"
     server = _mlflow_server(tmp_path, port, server_log)
     study = load_study(REPO / DEMO, STUDY)
-    journal = home / "ray_results" / f"{sweep_name(study)}-journal"
+    records = f"{sweep_name(study)}-run*-journal/*.jsonl"  # keyed by the sweep's parent run in this store
     sweep = _start(home, tmp_path / "sweep.log", uri)
     try:
         def trial_checkpointed() -> bool:
-            return any(journal.glob("*.jsonl")) and any(
-                point.key == "exact_match" for path in journal.glob("*.jsonl") for point in MetricJournal(path).read()
+            return any((home / "ray_results").glob(records)) and any(
+                point.key == "exact_match" for path in (home / "ray_results").glob(records) for point in MetricJournal(path).read()
             )
 
         _wait_for(trial_checkpointed, sweep, tmp_path / "sweep.log", "the first evaluation")
@@ -357,7 +357,7 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
         server.wait()
 
         def trial_ended() -> bool:
-            points = (point for path in journal.glob("*.jsonl") for point in MetricJournal(path).read())
+            points = (point for path in (home / "ray_results").glob(records) for point in MetricJournal(path).read())
             return any((point.key, point.step) == ("exact_match", 60) for point in points)
 
         _wait_for(trial_ended, sweep, tmp_path / "sweep.log", "the trial's last evaluation")

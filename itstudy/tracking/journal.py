@@ -11,7 +11,7 @@ recorded for a pair winning. So replaying twice, or after a resume that re-measu
 its checkpoint, never logs a step twice; and an outage or a killed worker loses nothing that
 reached the record. A line cut short by a crash mid-write is ignored (it was never acknowledged).
 
-A sweep keeps its records in `<storage>/<sweep>-journal/` and a copy travels inside each
+A sweep keeps its records in `<storage>/<sweep>-run<parent run id>-journal/` and a copy travels inside each
 checkpoint (`metrics.jsonl`), so a trial resumed on another node starts from its record too.
 `sync_folder` is what `itstudy sync` and every rerun of a study call.
 """
