@@ -288,24 +288,30 @@ def test_a_study_started_twice_at_once_runs_once_and_the_other_is_refused_in_one
     assert ("exact_match", 60) in trial and ("train_loss", 60) in trial
 
 
+def _sealed_checkpoints(home: Path, study, trial) -> list[Path]:
+    """The trial's whole checkpoints (manifest written), oldest first; the Tune state folder is
+    named after the sweep and its parent run in this store."""
+    pattern = f"{sweep_name(study)}-run*/{trial.key}/{CHECKPOINT_PREFIX}*/{MANIFEST}"
+    return sorted(manifest.parent for manifest in (home / "ray_results").glob(pattern))
+
+
 @pytest.mark.ray
 def test_a_killed_driver_and_a_corrupt_latest_checkpoint_lose_and_double_nothing(clean_reference, tmp_path):
     reference = clean_reference[3]
     home = tmp_path / "home"
     study = load_study(REPO / DEMO, STUDY)
     (trial,) = expand_grid(study)
-    trial_dir = home / "ray_results" / sweep_name(study) / trial.key
     first = _start(home, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 240
-        while len(list(trial_dir.glob(f"{CHECKPOINT_PREFIX}*/{MANIFEST}"))) < 2:
+        while len(_sealed_checkpoints(home, study, trial)) < 2:
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no second checkpoint"
             time.sleep(0.2)
         time.sleep(1.0)  # Tune records the checkpoint in its experiment state
     finally:
         _kill_tree(first)
-    latest = sorted(trial_dir.glob(f"{CHECKPOINT_PREFIX}*"))[-1]
+    latest = _sealed_checkpoints(home, study, trial)[-1]
     state = latest / TRAINER_STATE
     state.write_bytes(state.read_bytes()[:1000])
 
@@ -405,11 +411,10 @@ def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling
     home = tmp_path / "home"
     study = load_study(REPO / DEMO, STUDY)
     (trial,) = expand_grid(study)
-    trial_dir = home / "ray_results" / sweep_name(study) / trial.key
     sweep = _start(home, tmp_path / "sweep.log")
     try:
         _wait_for(
-            lambda: len(list(trial_dir.glob(f"{CHECKPOINT_PREFIX}*/{MANIFEST}"))) >= 2,
+            lambda: len(_sealed_checkpoints(home, study, trial)) >= 2,
             sweep,
             tmp_path / "sweep.log",
             "a second checkpoint",
