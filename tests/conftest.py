@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,22 @@ def _free_ports(count: int = 1) -> list[int]:
 def free_ports():
     """`free_ports(n)`: n distinct TCP ports on 127.0.0.1 that nothing listens on when it is called."""
     return _free_ports
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    import psutil
+
+    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in family:
+        try:
+            member.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def kill_tree():
+    """`kill_tree(process)`: SIGKILL a started command and every process it started (its local Ray
+    included), as a crash or `kill -9` would, and wait for them."""
+    return _kill_tree

@@ -243,16 +243,6 @@ def _study_runs(home: Path, uri: str | None = None) -> dict[str, tuple[str, coll
     return runs
 
 
-def _kill_tree(process: subprocess.Popen) -> None:
-    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for member in family:
-        try:
-            member.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=30)
-
-
 def _assert_same_as(reference: dict, runs: dict) -> None:
     """Same runs, each FINISHED, each (key, step) once, the same pairs as the clean run's."""
     assert sorted(runs) == sorted(reference)
@@ -296,7 +286,7 @@ def _sealed_checkpoints(home: Path, study, trial) -> list[Path]:
 
 
 @pytest.mark.ray
-def test_a_killed_driver_and_a_corrupt_latest_checkpoint_lose_and_double_nothing(clean_reference, tmp_path):
+def test_a_killed_driver_and_a_corrupt_latest_checkpoint_lose_and_double_nothing(clean_reference, tmp_path, kill_tree):
     reference = clean_reference[3]
     home = tmp_path / "home"
     study = load_study(REPO / DEMO, STUDY)
@@ -310,7 +300,7 @@ def test_a_killed_driver_and_a_corrupt_latest_checkpoint_lose_and_double_nothing
             time.sleep(0.2)
         time.sleep(1.0)  # Tune records the checkpoint in its experiment state
     finally:
-        _kill_tree(first)
+        kill_tree(first)
     # Every checkpoint is cut short, whichever of them Tune recorded last before the kill: the trial
     # names the one it was given and starts over (the fast test covers falling back to an older one).
     corrupted = sorted(path.parent for path in (home / "ray_results").glob(f"{sweep_name(study)}-run*/{trial.key}/{CHECKPOINT_PREFIX}*/{TRAINER_STATE}"))
@@ -346,7 +336,7 @@ def _mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.ray
-def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing(clean_reference, tmp_path, free_ports):
+def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing(clean_reference, tmp_path, free_ports, kill_tree):
     reference = clean_reference[3]
     (port,) = free_ports(1)
     uri = f"http://127.0.0.1:{port}"
@@ -392,7 +382,7 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
         _assert_same_as(reference, _study_runs(home, uri))
     finally:
         if sweep.poll() is None:
-            _kill_tree(sweep)
+            kill_tree(sweep)
         os.killpg(server.pid, signal.SIGKILL)
 
 
@@ -409,7 +399,7 @@ def _trial_worker(driver: subprocess.Popen) -> psutil.Process | None:
 
 
 @pytest.mark.ray
-def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling_nothing(clean_reference, tmp_path):
+def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling_nothing(clean_reference, tmp_path, kill_tree):
     reference = clean_reference[3]
     home = tmp_path / "home"
     study = load_study(REPO / DEMO, STUDY)
@@ -428,7 +418,7 @@ def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling
         output = _finish(sweep, tmp_path / "sweep.log")
     finally:
         if sweep.poll() is None:
-            _kill_tree(sweep)
+            kill_tree(sweep)
 
     assert sweep.returncode == 0, output[-3000:]
     _assert_same_as(reference, _study_runs(home))

@@ -6,13 +6,11 @@ instances) so that it costs seconds per trial on two cores.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from itstudy.config import load_study
@@ -88,17 +86,6 @@ def _sweep_command(overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "itstudy.cli", "run", DEMO, *overrides]
 
 
-def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL the driver and every process it started (its local Ray included), by pid."""
-    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for member in family:
-        try:
-            member.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=30)
-
-
 def _wait_until(process, condition, timeout_s: float = 240):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -110,7 +97,7 @@ def _wait_until(process, condition, timeout_s: float = 240):
     raise AssertionError("the sweep never reached the point where the test interrupts it")
 
 
-def test_a_killed_sweep_resumes_with_the_same_command(tmp_path):
+def test_a_killed_sweep_resumes_with_the_same_command(tmp_path, kill_tree):
     # Three trials, two at a time: a short one finishes while a long one is part-way (it has
     # written a checkpoint) and the third waits. The driver is then killed without warning.
     overrides = [*TINY, "grid={train.max_steps: [10, 60, 20]}", "train.eval_every_steps=10", "resources.max_concurrent_trials=2"]
@@ -128,7 +115,7 @@ def test_a_killed_sweep_resumes_with_the_same_command(tmp_path):
         before = _wait_until(first, short_done_long_checkpointed)
         time.sleep(1.0)  # the driver records the checkpoint in Tune's experiment state
     finally:
-        _kill_tree(first)
+        kill_tree(first)
     assert set(_runs("sweep")["status"]) == {"RUNNING"}, "a SIGKILLed driver cannot close its runs"
     short_ended_at = before[before["tags.itstudy.trial_key"] == short]["end_time"].iloc[0]
 
