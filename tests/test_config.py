@@ -242,7 +242,7 @@ def test_debug_is_applied_by_the_loader(write):
     )
     assert load_study(path).train.max_steps is None  # without debug, nothing is capped
     study = load_study(path, ["debug=true"])
-    assert (study.data.max_train_tasks, study.data.test_instances_per_task) == (8, 8)
+    assert (study.data.num_train_tasks, study.data.test_instances_per_task, study.data.dev_tasks) == (8, 8, 2)
     assert (study.train.max_steps, study.train.global_batch_size, study.train.max_source_length) == (5, 4, 256)
     assert study.train.eval_every_steps is None and study.eval.max_new_tokens == 16
 

@@ -93,7 +93,7 @@ def test_larger_samples_extend_smaller_ones():
 
 def test_a_tasks_sample_does_not_depend_on_the_other_tasks(tmp_path):
     source = LocalFolderSource(write_synthetic_suite(tmp_path / "suite", SyntheticConfig(instances_per_task=50)), "test suite")
-    few = DataConfig(train_tasks=["synth_numbers_parity"], test_tasks=["synth_comparison_larger"], instances_per_task=10)
+    few = DataConfig(train_tasks=["synth_numbers_parity"], test_tasks=["synth_comparison_larger"], instances_per_task=10, dev_tasks=0)
     # The added tasks sort before it: a shared RNG would be advanced by their shuffles.
     many = few.model_copy(update={"train_tasks": ["synth_numbers_is_even", "synth_numbers_is_divisible_by_three", "synth_numbers_parity"]})
     alone = load_study_data(few, seed=3, source=source).train[0]
@@ -116,7 +116,8 @@ def _superni(superni_dir, **changes) -> DataConfig:
 
 def test_split_lists_proceed_without_missing_tasks_and_say_so(superni_dir):
     data = load_study_data(_superni(superni_dir), seed=42)
-    assert len(data.test) == 101 and len(data.train) == 25
+    assert len(data.test) == 101 and len(data.train) == 21 and len(data.dev) == 4
+    assert {task.name for task in data.train}.isdisjoint(task.name for task in data.dev)
     assert data.source == f"SuperNI folder {superni_dir}"
     missing_note = next(note for note in data.notes if note.startswith("test: 18 tasks listed in split 'default'"))
     assert "task1728_web_nlg_data_to_text" in missing_note
@@ -137,13 +138,13 @@ def test_explicitly_named_missing_tasks_are_refused(superni_dir):
 
 def test_overlapping_training_and_test_tasks_are_refused(superni_dir):
     config = _superni(superni_dir, test_tasks=["task020_mctaco_span_based_question"],
-                      train_tasks=["task020_mctaco_span_based_question", "task109_smsspamcollection_spamsmsdetection"])
+                      train_tasks=["task020_mctaco_span_based_question", "task109_smsspamcollection_spamsmsdetection"], dev_tasks=0)
     with pytest.raises(SelectionError, match="overlap in 1 tasks \\(task020_mctaco_span_based_question\\)"):
         load_study_data(config, seed=42)
 
 
 def test_short_tasks_are_capped_or_refused(superni_dir):
-    names = dict(test_tasks=["task1388_cb_entailment"], train_tasks=["task109_smsspamcollection_spamsmsdetection"])
+    names = dict(test_tasks=["task1388_cb_entailment"], train_tasks=["task109_smsspamcollection_spamsmsdetection"], dev_tasks=0)
     capped = load_study_data(_superni(superni_dir, **names), seed=42)
     assert len(capped.test[0].instances) == 53 and len(capped.train[0].instances) == 55
     assert "train: 1 tasks have fewer than 100 instances and are used whole: task109_smsspamcollection_spamsmsdetection (55)" in capped.notes
@@ -153,10 +154,11 @@ def test_short_tasks_are_capped_or_refused(superni_dir):
 
 def test_filters_by_kind_category_language_and_task_count(superni_dir):
     data = load_study_data(
-        _superni(superni_dir, test_task_kind="classification", train_task_kind="generation", max_train_tasks=2), seed=42
+        _superni(superni_dir, test_task_kind="classification", train_task_kind="generation", num_train_tasks=2, dev_tasks=1),
+        seed=42,
     )
     assert len(data.test) == 51 and all(task.is_classification for task in data.test)
-    assert [task.name for task in data.train] == ["task105_story_cloze-rocstories_sentence_generation", "task128_scan_structured_text_generation_command_action_short"]
+    assert len(data.train) == 2 and all(not task.is_classification for task in data.train + data.dev)
     entailment = load_study_data(_superni(superni_dir, categories=["Textual Entailment", "Sentiment Analysis"]), seed=42)
     assert {task.categories[0] for task in entailment.test} == {"Textual Entailment"}
     assert {task.categories[0] for task in entailment.train} == {"Sentiment Analysis"}
@@ -175,7 +177,55 @@ def test_digest_is_stable_and_tracks_the_selection(superni_dir):
 
 def test_the_default_config_runs_on_the_synthetic_suite_with_no_download():
     data = load_study_data(DataConfig(), seed=42)
-    assert len(data.train) == 224 and len(data.test) == 7
+    assert len(data.train) == 220 and len(data.dev) == 4 and len(data.test) == 7
     assert all(task.is_classification for task in data.train + data.test)
     assert all(len(task.instances) == 100 for task in data.train + data.test)
-    assert data.notes == () and data.source.startswith(f"synthetic suite v{GENERATOR_VERSION}-seed0-n200")
+    assert all(len(task.instances) == 20 for task in data.dev)
+    assert [note.split(":")[0] for note in data.notes] == ["dev"] and data.source.startswith(f"synthetic suite v{GENERATOR_VERSION}-seed0-n200")
+
+
+# --- the dev split and the instruction-diversity draw ----------------------------------------------
+
+
+def test_growing_task_draws_are_nested_and_span_categories(superni_dir):
+    draws = [
+        load_study_data(_superni(superni_dir, train_task_kind="classification", num_train_tasks=n), seed=42)
+        for n in (2, 4, 8)
+    ]
+    names = [{task.name for task in data.train} for data in draws]
+    assert [len(n) for n in names] == [2, 4, 8] and names[0] < names[1] < names[2]
+    for data in draws:  # the first draws come from as many categories as there are tasks
+        assert len({task.category for task in data.train}) == len(data.train)
+    # the dev tasks are the same whatever the number of training tasks, and never trained on
+    assert len({tuple(task.name for task in data.dev) for data in draws}) == 1
+    assert all({task.name for task in data.dev}.isdisjoint(n) for n in names)
+    other_seed = load_study_data(_superni(superni_dir, train_task_kind="classification", num_train_tasks=4), seed=7)
+    assert {task.name for task in other_seed.train} != names[1]
+
+
+def test_synthetic_draw_of_two_tasks_spans_two_families():
+    # Sorted order picked a rule and its relabelled copy; the stratified draw takes two families.
+    data = load_study_data(DataConfig(num_train_tasks=2, dev_tasks=1), seed=42)
+    assert len({task.category for task in data.train}) == 2
+
+
+def test_a_fixed_budget_keeps_tasks_times_instances_constant(superni_dir):
+    for n in (2, 5, 8):
+        data = load_study_data(_superni(superni_dir, train_task_kind="classification", num_train_tasks=n, train_budget=40), seed=1)
+        assert sum(len(task.instances) for task in data.train) == 40
+        assert {len(task.instances) for task in data.train} <= {40 // n, 40 // n + 1}
+    with pytest.raises(SelectionError, match="data.train_budget=3 is fewer instances than the 8 training tasks"):
+        load_study_data(_superni(superni_dir, num_train_tasks=8, train_budget=3), seed=1)
+
+
+def test_a_dev_split_that_would_starve_training_is_refused(superni_dir):
+    with pytest.raises(SelectionError, match="data.dev_tasks=4 would leave no training task: only 4 training tasks pass"):
+        load_study_data(_superni(superni_dir, train_task_kind="generation"), seed=42)
+    with pytest.raises(SelectionError, match="data.num_train_tasks=20 asks for more training tasks than the 17 left after data.dev_tasks=4"):
+        load_study_data(_superni(superni_dir, train_task_kind="classification", num_train_tasks=20), seed=42)
+
+
+def test_the_dev_split_does_not_depend_on_the_test_tasks(superni_dir):
+    few = load_study_data(_superni(superni_dir, test_instances_per_task=2), seed=42)
+    many = load_study_data(_superni(superni_dir, test_task_kind="classification"), seed=42)
+    assert [(t.name, [i.id for i in t.instances]) for t in few.dev] == [(t.name, [i.id for i in t.instances]) for t in many.dev]

@@ -277,7 +277,8 @@ def test_a_negated_study_without_a_negatable_test_task_is_refused_before_ray_sta
         "superni_dir": str(superni_dir),
         "train_tasks": ["task566_circa_classification"],
         "test_tasks": ["task833_poem_sentiment_classification"],
+        "dev_tasks": 0,  # one training task: none to spare for a dev split
     }
-    study = study_from_dict({"name": "negated", "data": data, "variant": {"definition": "negated"}})
+    study = study_from_dict({"name": "negated", "data": data, "variant": {"definition": "negated"}, "eval": {"select_on": "last"}})
     with pytest.raises(ConfigError, match="variant: .*none of the 1 test tasks can be negated.*task833"):
         check_variants([make_trial(study, {})])

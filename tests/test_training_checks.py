@@ -43,5 +43,5 @@ def test_a_bpe_tokenizer_with_a_pretrained_model_is_refused(tmp_path):
 
 
 def test_a_global_batch_larger_than_the_training_set_is_refused():
-    message = refused("data.instances_per_task=1", "data.max_train_tasks=2", "train.global_batch_size=8")
+    message = refused("data.instances_per_task=1", "data.num_train_tasks=2", "train.global_batch_size=8")
     assert "exceeds the 2 training examples" in message

@@ -49,7 +49,7 @@ def test_two_workers_train_on_superni_and_the_mlflow_run_holds_everything(supern
         [
             "data.source=superni",
             f"data.superni_dir={superni_dir}",
-            "data.max_train_tasks=4",
+            "data.num_train_tasks=4",
             f"data.test_tasks=[{','.join(SUPERNI_TEST_TASKS)}]",
             "model.tokenizer=t5",
             "train.eval_every_steps=null",

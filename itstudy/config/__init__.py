@@ -15,6 +15,7 @@ from itstudy.config.digest import (
 )
 from itstudy.config.loading import at_grid_point, load_study, study_from_dict, with_overrides
 from itstudy.config.spec import (
+    DEV_PREFIX,
     SUPERNI_COMMIT,
     BaselineName,
     ClassificationRule,
@@ -34,6 +35,7 @@ from itstudy.config.spec import (
 )
 
 __all__ = [
+    "DEV_PREFIX",
     "SUPERNI_COMMIT",
     "BaselineName",
     "ClassificationRule",

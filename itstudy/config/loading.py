@@ -221,7 +221,9 @@ def _apply_debug(study: Study, keep: Iterable[str]) -> Study:
         return study
     data, train, evaluation = study.data, study.train, study.eval
     caps = {
-        "data.max_train_tasks": min(data.max_train_tasks or 8, 8),
+        "data.num_train_tasks": min(data.num_train_tasks or 8, 8),
+        "data.dev_tasks": min(data.dev_tasks, 2),
+        "data.dev_instances_per_task": min(data.dev_instances_per_task, 4),
         "data.test_instances_per_task": min(data.test_instances_per_task, 8),
         "train.max_steps": min(train.max_steps or 5, 5),
         "train.global_batch_size": train.per_device_batch_size * study.resources.workers_per_trial,

@@ -25,6 +25,10 @@ BaselineName = Literal[ModelFreeBaselineName, "untuned"]
 """Every baseline a study can run: the model-free ones and the untuned model beside each trial."""
 
 
+DEV_PREFIX = "dev_"
+"""Metrics measured on the dev tasks are logged as dev_<metric>; every choice reads only these."""
+
+
 class ConfigError(UserError):
     """A study spec that cannot be run; the message names the file and the field."""
 
@@ -105,10 +109,16 @@ class DataConfig(Spec):
     """Keep only tasks whose first category is listed (SuperNI spelling)."""
     languages: list[str] | None = None
     """Keep only tasks whose input, output and instruction languages are all listed (e.g. [English])."""
-    max_train_tasks: int | None = Field(None, ge=1)
-    """Use only the first N training tasks in sorted order (the 'task diversity' factor)."""
+    num_train_tasks: int | None = Field(None, ge=1)
+    """Training tasks drawn (seeded, category-stratified; a larger draw contains a smaller): the instruction-diversity axis; null: all."""
     instances_per_task: int = Field(100, ge=1)
-    """Training instances sampled per task with the run's seed (Tk-Instruct default 100)."""
+    """Training instances sampled per task with the run's seed (Tk-Instruct default 100); replaced by train_budget when that is set."""
+    train_budget: int | None = Field(None, ge=1)
+    """Fixed-budget mode: this many training instances in all, dealt evenly over the drawn tasks (tasks x instances per task constant)."""
+    dev_tasks: int = Field(4, ge=0)
+    """Training tasks held out as dev tasks (seeded, category-stratified), on which every choice is made; 0: no dev split."""
+    dev_instances_per_task: int = Field(20, ge=1)
+    """Instances evaluated per dev task, sampled with the run's seed."""
     test_instances_per_task: int = Field(100, ge=1)
     """Evaluation instances per test task: the first N, as SuperNI does."""
     on_short_task: Literal["cap", "refuse"] = "cap"
@@ -247,6 +257,8 @@ class EvalConfig(Spec):
     """Prefix the task name to the prompt (Tk-Instruct option, off by default)."""
     rank_classification: bool = True
     """Also score each classification label by log-likelihood and log rank_exact_match (one teacher-forced pass per label)."""
+    select_on: Literal["dev", "last"] = "dev"
+    """Which checkpoint a trial keeps as its result: dev: the best dev_exact_match (dev tasks only, never test); last: the final one."""
 
 
 class ResourcesConfig(Spec):
@@ -271,10 +283,20 @@ class SearchConfig(Spec):
     """Dotted key -> {type: loguniform|uniform|choice, low, high | values}."""
     num_samples: int = Field(4, ge=1)
     """Trials Optuna proposes per grid point."""
-    metric: str = "exact_match"
-    """The metric Optuna optimises."""
+    metric: str = "dev_exact_match"
+    """The metric Optuna optimises: a dev metric (dev_<metric>), so that no choice looks at the test tasks."""
     mode: Literal["max", "min"] = "max"
     """Whether the metric is maximised or minimised."""
+
+    @field_validator("metric")
+    @classmethod
+    def _dev_only(cls, value: str) -> str:
+        if not value.startswith(DEV_PREFIX):
+            raise ValueError(
+                f"a search chooses on dev metrics only, so that test numbers stay unseen; use {DEV_PREFIX}{value} "
+                f"(data.dev_tasks sets the dev split)"
+            )
+        return value
 
 
 class TrackingConfig(Spec):
@@ -318,6 +340,15 @@ class Study(Spec):
     """Optional Optuna search over hyperparameters within each grid point."""
     debug: bool = False
     """Smoke mode for CI: the loader caps steps, tasks, instances and lengths (grid axes keep their values)."""
+
+    @model_validator(mode="after")
+    def _choices_need_dev(self) -> "Study":
+        if self.data.dev_tasks == 0 and (self.search is not None or self.eval.select_on == "dev"):
+            raise ValueError(
+                "data.dev_tasks=0 leaves no dev split, but eval.select_on=dev or a search chooses on it; "
+                "set data.dev_tasks >= 1 (or eval.select_on=last and no search)"
+            )
+        return self
 
     @field_validator("grid")
     @classmethod

@@ -1,10 +1,21 @@
 """Which tasks and instances a run uses: `load_study_data` is the one call training and baselines make.
 
 Tasks come from the split lists (`splits/<split>/{train,test}_tasks.txt`) or from explicit lists,
-then pass the filters (category, language, classification or generation), and training tasks are
-cut to `max_train_tasks` in sorted order. Split-listed tasks that the source lacks are dropped
-with a note (the SuperNI sample lists 119 test tasks and holds 101); explicitly named tasks that
-it lacks are refused. Training and test tasks must be disjoint.
+then pass the filters (category, language, classification or generation). Split-listed tasks
+that the source lacks are dropped with a note (the SuperNI sample lists 119 test tasks and holds
+101); explicitly named tasks that it lacks are refused. Training and test tasks must be disjoint.
+
+The kept training tasks are then put in a seeded, category-stratified order (`stratified_order`:
+categories in a seeded order, round-robin, each category's tasks in a seeded order), twice:
+- dev tasks: the first `data.dev_tasks` of the pool, held out from training (as Tk-Instruct's
+  users build dev_tasks.txt from training tasks): every choice a study makes (checkpoint, Optuna
+  pick) reads them and never the test tasks;
+- training tasks: the first `data.num_train_tasks` of the rest. A task's place depends only on
+  (seed, its name, its category), so a larger draw contains a smaller one (nested diversity
+  curves), and the first draws span different categories (with 2, never a rule and its
+  relabelled copy).
+With `data.train_budget` the training instances are a fixed total, dealt evenly over the drawn
+tasks, so a diversity curve varies the tasks and not the amount of data.
 
 Instances are chosen the way SuperNI does it:
 - a test task takes its first N instances (SuperNI put its label-balanced evaluation set first);
@@ -12,6 +23,7 @@ Instances are chosen the way SuperNI does it:
   to N. So the same seed gives the same instances, adding or removing other tasks changes nothing,
   and a larger N extends a smaller N's sample (prefix property): a data-size sweep over
   10, 20, ..., 800 instances per task trains each size on a superset of the smaller sizes.
+- a dev task's instances are sampled like a training task's (`data.dev_instances_per_task`).
 A task with fewer instances than asked is used whole with a note (`on_short_task: cap`) or
 refused (`refuse`).
 
@@ -55,6 +67,8 @@ class StudyData:
 
     train: tuple[Task, ...]
     test: tuple[Task, ...]
+    dev: tuple[Task, ...]
+    """Held-out training tasks that every choice is made on (never trained on, disjoint from test)."""
     digest: str
     """sha256 over task names, instruction texts, instance ids and contents: same selection, same digest."""
     notes: tuple[str, ...]
@@ -139,12 +153,73 @@ def load_study_data(data: DataConfig, seed: int, source: TaskSource | None = Non
             f"data.train_tasks and data.test_tasks overlap in {len(overlap)} tasks ({', '.join(overlap[:5])}); "
             f"a test task must be unseen in training"
         )
-    test = _load_kept(source, test_names, data, "test", notes, limit=None)
-    train = _load_kept(source, train_names, data, "train", notes, limit=data.max_train_tasks)
-    n_test, n_train = data.test_instances_per_task, data.instances_per_task
+    test = _load_kept(source, test_names, data, "test", notes)
+    dev, train = _draw_training(_load_kept(source, train_names, data, "train", notes), data, seed, notes)
+    n_test, n_dev = data.test_instances_per_task, data.dev_instances_per_task
     test = _take_instances(test, lambda task: evaluation_instances(task, n_test), n_test, data, notes, "test")
-    train = _take_instances(train, lambda task: sample_training_instances(task, n_train, seed), n_train, data, notes, "train")
-    return StudyData(train=train, test=test, digest=selection_digest(train, test), notes=tuple(notes), source=source.description)
+    dev = _take_instances(dev, lambda task: sample_training_instances(task, n_dev, seed), n_dev, data, notes, "dev")
+    asked = _instances_per_task(train, data, notes)
+    per_task = asked if isinstance(asked, dict) else dict.fromkeys((task.name for task in train), asked)
+    train = _take_instances(
+        train, lambda task: sample_training_instances(task, per_task[task.name], seed), asked, data, notes, "train"
+    )
+    return StudyData(
+        train=train, test=test, dev=dev, digest=selection_digest(train, test, dev), notes=tuple(notes), source=source.description
+    )
+
+
+def stratified_order(tasks: tuple[Task, ...], seed: int, purpose: str) -> list[Task]:
+    """`tasks` round-robin over their categories, both in an order seeded by (seed, purpose, name).
+
+    Each task's place among its category's tasks depends only on its own name, so adding a task
+    never reorders the others, and the first k tasks cover min(k, categories) categories.
+    """
+    def key(name: str) -> float:
+        return task_rng(seed, name, purpose=f"draw/{purpose}").random()
+
+    by_category: dict[str, list[Task]] = {}
+    for task in sorted(tasks, key=lambda task: (key(task.name), task.name)):
+        by_category.setdefault(task.category, []).append(task)
+    categories = sorted(by_category, key=lambda category: (key(f"category:{category}"), category))
+    rounds = max(map(len, by_category.values()), default=0)
+    return [by_category[c][r] for r in range(rounds) for c in categories if r < len(by_category[c])]
+
+
+def _draw_training(pool: tuple[Task, ...], data: DataConfig, seed: int, notes: list[str]) -> tuple[tuple[Task, ...], tuple[Task, ...]]:
+    """(dev tasks, training tasks): both drawn from the kept training tasks, disjoint."""
+    if data.dev_tasks >= len(pool):
+        raise SelectionError(
+            f"data.dev_tasks={data.dev_tasks} would leave no training task: only {len(pool)} training tasks pass "
+            f"the filters; lower data.dev_tasks (0 turns the dev split off, and with it every choice made on dev)"
+        )
+    dev = stratified_order(pool, seed, "dev")[: data.dev_tasks]
+    rest = tuple(task for task in pool if task not in dev)
+    wanted = data.num_train_tasks or len(rest)
+    if wanted > len(rest):
+        raise SelectionError(
+            f"data.num_train_tasks={wanted} asks for more training tasks than the {len(rest)} left after "
+            f"data.dev_tasks={data.dev_tasks} dev tasks ({len(pool)} pass the filters); lower one of them"
+        )
+    train = stratified_order(rest, seed, "train")[:wanted]
+    if dev:
+        notes.append(f"dev: {len(dev)} training tasks held out for choices: {_listing([task.name for task in dev])}")
+    if data.num_train_tasks is not None:
+        notes.append(f"train: {wanted} of {len(rest)} tasks drawn (seed {seed}, stratified by category): {_listing([t.name for t in train])}")
+    return tuple(dev), tuple(sorted(train, key=lambda task: task.name))
+
+
+def _instances_per_task(train: tuple[Task, ...], data: DataConfig, notes: list[str]) -> int | dict[str, int]:
+    """Instances asked of each training task: instances_per_task, or train_budget dealt evenly (the remainder one by one)."""
+    if data.train_budget is None:
+        return data.instances_per_task
+    share, extra = divmod(data.train_budget, len(train))
+    if share == 0:
+        raise SelectionError(
+            f"data.train_budget={data.train_budget} is fewer instances than the {len(train)} training tasks; "
+            f"raise it or lower data.num_train_tasks"
+        )
+    notes.append(f"train: data.train_budget={data.train_budget} over {len(train)} tasks: {share} instances per task (+1 for {extra})")
+    return {task.name: share + (index < extra) for index, task in enumerate(train)}
 
 
 def _explicit(data: DataConfig, which: str) -> list[str] | None:
@@ -156,14 +231,10 @@ def _names(source: TaskSource, data: DataConfig, which: Literal["train", "test"]
     return sorted(set(names if names is not None else source.task_names(which, data.split)))
 
 
-def _load_kept(
-    source: TaskSource, names: list[str], data: DataConfig, which: str, notes: list[str], limit: int | None
-) -> tuple[Task, ...]:
-    """Load tasks in sorted order, keep those that pass the filters, stop after `limit` kept."""
+def _load_kept(source: TaskSource, names: list[str], data: DataConfig, which: str, notes: list[str]) -> tuple[Task, ...]:
+    """Load tasks in sorted order and keep those that pass the filters."""
     kept, missing, filtered = [], [], 0
     for name in names:
-        if limit is not None and len(kept) == limit:
-            break
         try:
             task = source.load_task(name)
         except UnknownTaskError:
@@ -199,18 +270,22 @@ def _passes_filters(task: Task, data: DataConfig, which: str) -> bool:
 
 
 def _take_instances(
-    tasks: tuple[Task, ...], choose: Callable[[Task], tuple[Instance, ...]], asked: int,
+    tasks: tuple[Task, ...], choose: Callable[[Task], tuple[Instance, ...]], asked: int | dict[str, int],
     data: DataConfig, notes: list[str], which: str,
 ) -> tuple[Task, ...]:
+    """Each task with its chosen instances; `asked` is one count for all tasks or a count per task (a budget's share)."""
     chosen = {task.name: choose(task) for task in tasks}
-    short = [f"{task.name} ({len(chosen[task.name])})" for task in tasks if len(chosen[task.name]) < asked]
+    wanted = asked if isinstance(asked, dict) else {task.name: asked for task in tasks}
+    short = [f"{task.name} ({len(chosen[task.name])})" for task in tasks if len(chosen[task.name]) < wanted[task.name]]
+    what = "their share of data.train_budget" if isinstance(asked, dict) else f"the {asked} instances asked"
     if short and data.on_short_task == "refuse":
         raise SelectionError(
-            f"data.on_short_task=refuse: {len(short)} {which} tasks have fewer than the {asked} instances asked: "
+            f"data.on_short_task=refuse: {len(short)} {which} tasks have fewer than {what}: "
             f"{', '.join(short)}; set data.on_short_task=cap to use all they have"
         )
     if short:
-        notes.append(f"{which}: {len(short)} tasks have fewer than {asked} instances and are used whole: {_listing(short)}")
+        fewer = "fewer than their budget share" if isinstance(asked, dict) else f"fewer than {asked} instances"
+        notes.append(f"{which}: {len(short)} tasks have {fewer} and are used whole: {_listing(short)}")
     return tuple(replace(task, instances=chosen[task.name]) for task in tasks)
 
 
@@ -220,7 +295,7 @@ def _listing(names: list[str], most: int = 30) -> str:
     return ", ".join(names[:most]) + more
 
 
-def selection_digest(train: tuple[Task, ...], test: tuple[Task, ...]) -> str:
+def selection_digest(train: tuple[Task, ...], test: tuple[Task, ...], dev: tuple[Task, ...] = ()) -> str:
     """sha256 over what a run sees of each task: name, instruction, instance ids, inputs and outputs."""
     def summary(task: Task) -> list:
         return [
@@ -231,4 +306,6 @@ def selection_digest(train: tuple[Task, ...], test: tuple[Task, ...]) -> str:
         ]
 
     payload = {"train": [summary(t) for t in train], "test": [summary(t) for t in test]}
+    if dev:  # without a dev split the digest stays what it was
+        payload["dev"] = [summary(t) for t in dev]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()

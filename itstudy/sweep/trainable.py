@@ -196,7 +196,7 @@ def _run_untuned(trial: Trial, logger: RunLogger) -> tuple[dict[str, float], dic
     """The untuned baseline: the initial model (pretrained, or a seeded random init) zero-shot on the
     test prompts; (its metrics, timing)."""
     from itstudy.metrics import aggregate, score_predictions, task_rows
-    from itstudy.training.evaluate import evaluation_predictions
+    from itstudy.training.evaluate import dev_metrics, evaluation_predictions
     from itstudy.training.models import build_model, compute_dtype
     from itstudy.training.prepare import prepare_run
     from itstudy.training.reporter import TuneReporter
@@ -213,7 +213,7 @@ def _run_untuned(trial: Trial, logger: RunLogger) -> tuple[dict[str, float], dic
     logger.log_environment()
     scored = score_predictions(predictions)
     logger.log_prompts(data.sample_prompts)
-    metrics = aggregate(scored)
+    metrics = {**aggregate(scored), **dev_metrics(model, tokenizer, data.dev, study, dtype=dtype)}
     logger.log_predictions([item.record() for item in scored], task_rows(scored), metrics)
     return metrics, {"prepare_s": prepared - started, "train_loop_s": time.perf_counter() - prepared}
 

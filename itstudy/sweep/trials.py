@@ -30,7 +30,8 @@ _ALWAYS_NAMED = ("variant", "data.instances_per_task", "seed")
 _LABELS = {
     "data.instances_per_task": "n",
     "seed": "s",
-    "data.max_train_tasks": "tasks",
+    "data.num_train_tasks": "tasks",
+    "data.train_budget": "budget",
     "train.learning_rate": "lr",
     "train.global_batch_size": "bs",
     "train.epochs": "ep",
@@ -40,7 +41,9 @@ _LABELS = {
 
 # DataConfig fields that change only what a model trains on; the test tasks, and hence the
 # baselines, are the same whatever their values.
-_TRAINING_ONLY_DATA_FIELDS = ("train_tasks", "train_task_kind", "max_train_tasks", "instances_per_task")
+_TRAINING_ONLY_DATA_FIELDS = (
+    "train_tasks", "train_task_kind", "num_train_tasks", "instances_per_task", "train_budget"
+)
 
 
 @dataclass(frozen=True)

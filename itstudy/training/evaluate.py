@@ -16,7 +16,9 @@ encodes its prompts once and scores every (prompt, label) pair teacher-forced in
 pass; no generation. Batches are dealt to the ranks and gathered like generation's.
 
 Scoring is `itstudy.metrics` (Tk-Instruct's exact match and ROUGE-L, and the format and probe
-figures): this module only produces the predictions.
+figures): this module only produces the predictions, except for the dev tasks (`dev_metrics`),
+whose overall figures are all a run keeps of them, named `dev_<metric>`: every choice a study
+makes (checkpoint, Optuna pick) reads these and never a test figure.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import torch
 import torch.distributed as dist
 from transformers.modeling_outputs import BaseModelOutput
 
-from itstudy.config import Study
-from itstudy.metrics import Prediction
+from itstudy.config import DEV_PREFIX, Study
+from itstudy.metrics import Prediction, aggregate, score_predictions
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,17 @@ def evaluation_predictions(
         world_size=world_size,
     )
     return [replace(p, rank_choice=choices[index]) if index in choices else p for index, p in enumerate(predictions)]
+
+
+def dev_metrics(
+    model, tokenizer, items: Sequence[EvalItem], study: Study, *, dtype: torch.dtype, rank: int = 0, world_size: int = 1
+) -> dict[str, float]:
+    """The dev tasks' overall metrics as dev_<metric> ({} without a dev split), on every rank."""
+    if not items:
+        return {}
+    predictions = evaluation_predictions(model, tokenizer, items, study, dtype=dtype, rank=rank, world_size=world_size)
+    overall = {name: value for name, value in aggregate(score_predictions(predictions)).items() if "_for_" not in name}
+    return {f"{DEV_PREFIX}{name}": value for name, value in overall.items()}
 
 
 def _length_sorted_batches(items: Sequence[EvalItem], batch_size: int) -> list[list[int]]:

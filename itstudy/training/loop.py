@@ -14,7 +14,8 @@ What one run does:
 - trains for `total_steps` optimiser steps of `train.global_batch_size` sequences; gradient
   accumulation is derived from world size and per-device batch (`config.gradient_accumulation`);
   batches are grouped by length and padded dynamically (`itstudy.training.engine`);
-- every `train.eval_every_steps` and at the end: greedy generation (and rank classification) on the test prompts, SuperNI
+- every `train.eval_every_steps` and at the end: greedy generation (and rank classification) on the
+  dev prompts (logged as dev_<metric>, what every choice reads) and the test prompts, SuperNI
   metrics, a checkpoint (written by rank 0, reported by every rank), retention by the driver;
 - everything it records goes through the reporter: on rank 0 of a tracked run (the MLflow run
   id the driver gave it, never a run of its own) config and params once, environment, dataset
@@ -59,7 +60,7 @@ from itstudy.training.checkpoints import (
     write_checkpoint,
 )
 from itstudy.training.engine import StepPlan, StepResult, collate, make_optimizer, make_scheduler, total_steps, train_step
-from itstudy.training.evaluate import evaluation_predictions
+from itstudy.training.evaluate import dev_metrics, evaluation_predictions
 from itstudy.training.models import build_model, compute_dtype, load_model, parameter_counts
 from itstudy.training.prepare import RunData, prepare_run
 from itstudy.training.reporter import PlainReporter, Reporter
@@ -229,6 +230,8 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
 
     Every rank reports (a barrier); only rank 0 passes the checkpoint and the figures.
     """
+    shard = {"dtype": dtype, "rank": reporter.rank, "world_size": reporter.world_size}
+    dev = dev_metrics(model, job.tokenizer, job.data.dev, job.study, **shard)
     predictions = evaluation_predictions(
         model, job.tokenizer, job.data.test, job.study, dtype=dtype, rank=reporter.rank, world_size=reporter.world_size
     )
@@ -237,7 +240,7 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
         reporter.report({"step": step})
         return {}
     scored = score_predictions(predictions)
-    evaluation = aggregate(scored)
+    evaluation = {**aggregate(scored), **dev}
     if final:
         reporter.log_predictions(scored, evaluation, step=step)
     else:

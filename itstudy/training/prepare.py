@@ -51,6 +51,8 @@ class RunData:
     test_tasks: tuple[str, ...]
     sample_prompts: tuple[str, ...]
     """A few rendered prompts (training ones with their target), logged as prompts.txt."""
+    dev: tuple[EvalItem, ...] = ()
+    """The dev tasks' items, prompted as the test tasks are: every choice is made on these."""
 
     @functools.cached_property
     def token_digest(self) -> str:
@@ -58,7 +60,7 @@ class RunData:
         hasher = hashlib.sha256()
         for example in self.train:
             hasher.update(repr((example.input_ids, example.labels)).encode())
-        for item in self.test:
+        for item in self.test + self.dev:
             hasher.update(repr(item.input_ids).encode())
         return hasher.hexdigest()[:16]
 
@@ -77,11 +79,13 @@ def prepare_run(study: Study):
     try:
         train_tasks = [apply_variant(task, study.variant, study.seed) for task in data.train]
         test_tasks, skipped = apply_variant_to_test(data.test, study.variant, study.seed)
+        dev_tasks, _ = apply_variant_to_test(data.dev, study.variant, study.seed)  # dev stands in for test
     except VariantError as error:
         raise ConfigError(f"variant: {error}") from None
     tokenizer = make_tokenizer(study, train_tasks)
     train, train_prompts = encode_training(train_tasks, tokenizer, study)
     test, test_prompts = encode_evaluation(test_tasks, tokenizer, study)
+    dev, _ = encode_evaluation(dev_tasks, tokenizer, study)
     run_data = RunData(
         train=train,
         test=test,
@@ -91,6 +95,7 @@ def prepare_run(study: Study):
         train_tasks=tuple(task.name for task in train_tasks),
         test_tasks=tuple(task.name for task in test_tasks),
         sample_prompts=train_prompts + test_prompts,
+        dev=dev,
     )
     return tokenizer, run_data
 
