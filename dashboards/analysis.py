@@ -12,12 +12,19 @@ the report renders as HTML tables, CSV files and figures. Statistics are `itstud
 - Reference: per group of other grid axes, the variant with the most "original" parts
   (definition, then examples); every other variant is compared with it at the same size, paired
   by task and seed.
+- Per category: SuperNI's headline metric of each test category (EM for the classification-style
+  categories in `EM_CATEGORIES`, ROUGE-L otherwise), as SuperNI reports them.
+- Diversity: where the number of training tasks is a grid axis (`data.num_train_tasks`), EM and
+  the format metrics of each trial condition against it, on the headline split.
+- Every number here is from the test tasks; dev metrics are only for choices and are not read.
 - The best instruction-tuned condition at each size (highest mean headline EM, on classification
   tasks when there are any) is compared with each baseline. Choosing the best after looking
   favours instruction tuning; a "not better" verdict is the stronger for it.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -28,6 +35,14 @@ from itstudy.stats import DEFAULT_MARGIN, Estimate, estimate, paired_difference,
 SPLITS = ("all", "classification", "generation")
 HEADLINE = {"all": "exact_match", "classification": "exact_match", "generation": "rougeL"}
 METRIC_LABEL = {"exact_match": "EM", "rougeL": "ROUGE-L"}
+EM_CATEGORIES = frozenset({
+    "textual_entailment", "cause_effect_classification", "coreference_resolution",
+    "dialogue_act_recognition", "answerability_classification", "word_analogy",
+})
+"""Test categories whose SuperNI headline metric is EM (study protocol section 5); ROUGE-L for the rest."""
+DIVERSITY_METRICS = ("exact_match", "label_space_rate", "rank_exact_match")
+"""What the diversity curve shows, each where it was logged."""
+_TASKS_AXIS = re.compile(r"num_train_tasks=(\d+)")
 # Baselines in the order the paper discusses them; others follow alphabetically.
 BASELINE_ORDER = ("random", "majority", "majority_oracle", "copy_demo")
 
@@ -137,6 +152,49 @@ def paper_table(scores: pd.DataFrame) -> pd.DataFrame:
                             }
                         )
     return pd.DataFrame(rows).astype({"size": "Int64"})
+
+
+def category_metric(category: str) -> str:
+    """SuperNI's headline metric of a test category (first category, lowercased, spaces to underscores)."""
+    return "exact_match" if category in EM_CATEGORIES else "rougeL"
+
+
+def category_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per (test category, condition, size): the category's headline metric, mean and 95% CI."""
+    rows = []
+    for category, part in scores.groupby("category", sort=True):
+        metric = category_metric(category)
+        for kind in (TRIAL, BASELINE):
+            for condition in conditions(part, kind):
+                sizes = part.loc[part["condition"] == condition, "size"]
+                for size in sorted(sizes.dropna().unique()) or [pd.NA]:
+                    selected = cell(part, condition, size)
+                    rows.append({"category": category, "metric": metric, "kind": kind, "condition": condition,
+                                 "size": size, **_estimate_row(estimate_cell(selected, metric))})  # fmt: skip
+    return pd.DataFrame(rows).astype({"size": "Int64"}) if rows else pd.DataFrame()
+
+
+def diversity_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per trial variant (and other axes) and number of training tasks: EM and the format metrics, headline split.
+
+    Empty unless `data.num_train_tasks` is a grid axis. Baselines do not depend on the training
+    tasks; they appear once each, with num_train_tasks empty.
+    """
+    counts = scores["other"].str.extract(_TASKS_AXIS)[0] if "other" in scores else pd.Series(dtype=str)
+    if counts.dropna().empty:
+        return pd.DataFrame()
+    rest = scores["other"].str.replace(_TASKS_AXIS, "", regex=True).str.strip(", ")
+    part = split_of(scores.assign(num_train_tasks=pd.to_numeric(counts), line=scores["variant"] + rest.map(lambda r: f" ({r})" if r else "")),
+                    headline_split(scores))  # fmt: skip
+    trial = part["kind"] == TRIAL
+    part = part.assign(line=part["line"].where(trial, part["condition"]), num_train_tasks=part["num_train_tasks"].where(trial))
+    rows = []
+    for (kind, line, n), group in part.groupby(["kind", "line", "num_train_tasks"], dropna=False, sort=True):
+        for metric in DIVERSITY_METRICS:
+            if metric in group and group[metric].notna().any():
+                rows.append({"kind": kind, "condition": line, "num_train_tasks": n, "metric": metric,
+                             **_estimate_row(estimate_cell(group, metric))})  # fmt: skip
+    return pd.DataFrame(rows).astype({"num_train_tasks": "Int64"})
 
 
 # --- verdicts --------------------------------------------------------------------------------------

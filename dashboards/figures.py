@@ -3,6 +3,9 @@
 - data-size curve: the headline metric against training instances per task (log scale), one line
   per trial condition with its 95% CI band; baselines that do not depend on the data size as
   horizontal lines, the random baseline as a band;
+- diversity curve: EM (and the label-space rate and rank EM where logged) against the number of
+  training tasks, one line per trial condition with its 95% CI band, baselines as in the data-size
+  curve;
 - per-task differences: a heat map of variant minus reference per test task and size;
 - verdicts: each paired difference with its 95% CI against the shaded equivalence margin.
 
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from dashboards.analysis import HEADLINE, METRIC_LABEL
+from dashboards.analysis import DIVERSITY_METRICS, HEADLINE, METRIC_LABEL
 from dashboards.runs import BASELINE, TRIAL
 
 DPI = 110
@@ -54,6 +57,30 @@ def data_size_curve(table: pd.DataFrame) -> bytes:
         axes.set_xlabel("training instances per task")
         axes.set_ylabel(f"{METRIC_LABEL[metric]} (%)")
         axes.set_title(f"{split} tasks: mean and 95% CI over tasks and seeds", fontsize=10)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    return _png(figure)
+
+
+DIVERSITY_LABEL = {"exact_match": "EM", "label_space_rate": "in label space", "rank_exact_match": "rank EM"}
+
+
+def diversity_curve(table: pd.DataFrame, split: str) -> bytes:
+    """Each logged metric of `analysis.diversity_table` against the number of training tasks (log scale)."""
+    metrics = [metric for metric in DIVERSITY_METRICS if metric in set(table["metric"])]
+    figure = Figure(figsize=(5.0 * len(metrics), 4.2))
+    for index, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), index + 1)
+        rows = table[table["metric"] == metric].rename(columns={"num_train_tasks": "size"})
+        _draw_trials(axes, rows[rows["kind"] == TRIAL])
+        _draw_baselines(axes, rows[rows["kind"] == BASELINE])
+        counts = sorted(rows.loc[rows["kind"] == TRIAL, "size"].dropna().astype(int).unique())
+        axes.set_xscale("log")
+        axes.set_xticks(counts, [str(count) for count in counts])
+        axes.minorticks_off()
+        axes.set_xlabel("training tasks")
+        axes.set_ylabel(f"{DIVERSITY_LABEL[metric]} (%)")
+        axes.set_title(f"{split} test tasks: mean and 95% CI", fontsize=10)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     return _png(figure)

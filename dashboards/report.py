@@ -5,11 +5,12 @@
 Writes into one folder (default `$ITSTUDY_HOME/reports/<experiment>/`):
 - `report.html`, self-contained (figures embedded as base64 PNG): what was learned (the finding
   in one sentence, EM beside rank EM and the label-space rate, the pair and negation probes), the
-  answer in sentences, the verdict table, the paper-style table per task split, the data-size
-  curve, the per-task differences, provenance (experiment file, code version, data digests,
+  answer in sentences, the verdict table, the paper-style (Table 1) layout per task split, the
+  per-category table with SuperNI's headline metric, the data-size curve, the diversity curve
+  (when the number of training tasks is swept), the per-task differences, provenance (experiment file, code version, data digests,
   model, runs, failures);
 - the figures as PNG files and the tables as CSV files (`paper_table.csv`, `verdicts.csv`,
-  `task_differences.csv`, `runs.csv`, and when their metrics were logged `format_table.csv`,
+  `task_differences.csv`, `category_table.csv`, `runs.csv`, `diversity_table.csv` when swept, and when their metrics were logged `format_table.csv`,
   `pair_probe.csv`, `negation_probe.csv`);
 and logs the folder as the `report/` artifacts of the sweep's parent run.
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 ARTIFACT_DIR = "report"
-_ALWAYS_WRITTEN = ("paper_table", "verdicts", "task_differences")
+_ALWAYS_WRITTEN = ("paper_table", "verdicts", "task_differences", "category_table")
 """Tables written even when empty; the probes' tables only when their metrics were logged."""
 
 
@@ -87,6 +88,8 @@ def _tables(scores: pd.DataFrame, overall: pd.DataFrame, margin: float) -> dict[
         "paper_table": analysis.paper_table(scores),
         "verdicts": analysis.verdict_table(scores, margin),
         "task_differences": analysis.task_differences(scores),
+        "category_table": analysis.category_table(scores),
+        "diversity_table": analysis.diversity_table(scores),
         "format_table": learned.format_table(scores),
         "pair_probe": learned.pair_table(scores, overall, margin),
         "negation_probe": learned.negation_table(scores, overall, margin),
@@ -98,6 +101,8 @@ def _figures(tables: dict[str, pd.DataFrame], headline_split: str, margin: float
     images = {}
     if "paper_table" in tables:
         images["data_size_curve"] = figures.data_size_curve(tables["paper_table"])
+    if not tables.get("diversity_table", pd.DataFrame()).empty:
+        images["diversity_curve"] = figures.diversity_curve(tables["diversity_table"], headline_split)
     if not tables.get("task_differences", pd.DataFrame()).empty:
         images["task_differences"] = figures.task_heatmap(tables["task_differences"])
     verdicts = tables.get("verdicts", pd.DataFrame())
@@ -132,6 +137,7 @@ def _context(study: StudyRuns, scores, overall, tables, images, margin: float, t
         "method": METHOD,
         "verdicts": _verdict_rows(verdicts),
         "sections": _paper_sections(tables.get("paper_table", pd.DataFrame())),
+        "categories": _category_rows(tables.get("category_table", pd.DataFrame())),
         "images": {name: base64.b64encode(png).decode("ascii") for name, png in images.items()},
         "provenance": _provenance(study),
         "files": study.files,
@@ -194,6 +200,17 @@ def _cell(rows: pd.DataFrame | None) -> dict:
         "rl": _interval(rl["mean"], rl["ci_low"], rl["ci_high"]),
         "detail": f"{int(em['n_tasks'])} tasks × {int(em['n_seeds'])} seeds, {spread}",
     }
+
+
+def _category_rows(table: pd.DataFrame) -> list[dict]:
+    """One row per (category, condition, size): the category's headline metric as mean [95% CI]."""
+    return [
+        {"category": row["category"], "metric": analysis.METRIC_LABEL[row["metric"]], "kind": row["kind"],
+         "condition": row["condition"], "size": "any" if pd.isna(row["size"]) else int(row["size"]),
+         "value": _interval(row["mean"], row["ci_low"], row["ci_high"]),
+         "detail": f"{int(row['n_tasks'])} tasks × {int(row['n_seeds'])} seeds"}
+        for row in table.to_dict("records")
+    ]  # fmt: skip
 
 
 def _format_sections(table: pd.DataFrame) -> dict:

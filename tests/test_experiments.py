@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,42 @@ def test_experiment_file_loads_and_its_header_says_what_and_how(path):
     smoke = expand_grid(load_study(path, ["debug=true"]))
     assert len({trial.key for trial in smoke}) == len(trials)
     assert all(trial.study.train.max_steps <= 5 for trial in smoke)
+
+
+# --- every shipped study's debug command runs --------------------------------------------------
+
+RUNNABLE = [path for path in EXPERIMENTS if path.name.startswith("paper-") or path.name == "diversity.yaml"]
+
+
+def debug_overrides(path: Path) -> list[str]:
+    """The overrides of the debug command in `path`'s header (the words after the file name)."""
+    header = _header(path).replace("\\\n", " ")
+    line = next(line for line in header.splitlines() if f"itstudy run experiments/{path.name} debug=true" in line)
+    return shlex.split(line)[shlex.split(line).index(f"experiments/{path.name}") + 1 :]
+
+
+def test_every_paper_study_and_the_diversity_study_has_a_debug_command():
+    assert {path.name for path in RUNNABLE} >= {"diversity.yaml", "paper-low-resource.yaml", "paper-data-size.yaml"}
+    for path in RUNNABLE:
+        overrides = debug_overrides(path)
+        assert "debug=true" in overrides and "resources.gpus_per_worker=0" in overrides
+        assert "Debug run on the shared SuperNI sample and the CPU" in _header(path)
+
+
+@pytest.mark.ray
+def test_each_debug_command_runs_on_the_sample_with_dev_metrics_on_every_trial(superni_dir, t5_tokenizer_dir):
+    # One Ray for all files: starting it costs more than a study's debug run.
+    from itstudy.paths import itstudy_home
+    from itstudy.sweep import run_sweep
+    from itstudy.sweep.cluster import ray_session
+
+    seconds, missing = {}, {}
+    with ray_session(f"sqlite:///{itstudy_home() / 'mlflow.db'}"):
+        for path in RUNNABLE:
+            started = time.perf_counter()
+            result = run_sweep(load_study(path, debug_overrides(path)), path)
+            seconds[path.name] = round(time.perf_counter() - started, 1)
+            assert [o.status for o in result.outcomes] == ["FINISHED"] * len(result.outcomes), path.name
+            missing[path.name] = [o.key for o in result.outcomes if "dev_exact_match" not in o.metrics]
+    print("debug run seconds:", seconds)
+    assert missing == {path.name: [] for path in RUNNABLE}

@@ -667,3 +667,60 @@ def test_report_of_a_real_sweep_matches_its_runs(real_study, tmp_path):
     parent = load_runs(real_study.tracking_uri, real_study.experiment)
     parent_id = parent.loc[parent["tags.itstudy.kind"] == "sweep", "run_id"].iloc[0]
     assert "report/report.html" in list_artifacts(real_study.tracking_uri, parent_id, "report")
+
+
+# --- per-category table and the diversity curve --------------------------------------------------
+
+
+def test_category_table_uses_superni_headline_metric_per_category(fixture_study, fixture_report):
+    table = pd.read_csv(fixture_report.parent / "category_table.csv")
+    metric_of = dict(table.groupby("category")["metric"].first())
+    assert metric_of == {"answerability_classification": "exact_match", "textual_entailment": "exact_match", "title_generation": "rougeL"}
+    category_of = {task.name: task.category for task in fixture_study.tasks if task.pooled}
+    for row in table.itertuples():
+        size = None if pd.isna(row.size) else int(row.size)
+        index = 0 if row.metric == "exact_match" else 1
+        cells = [
+            pair[index]
+            for (kind, condition, logged_size, _), values in fixture_study.values.items()
+            if (kind, condition, logged_size) == (row.kind, row.condition, size)
+            for task, pair in values.items()
+            if category_of.get(task) == row.category and not math.isnan(pair[index])
+        ]
+        assert (math.isnan(row.mean) if not cells else row.mean == pytest.approx(np.mean(cells), abs=1e-9)), row
+    html = fixture_report.read_text()
+    assert 'class="category-table"' in html and "Table 1 layout" in html
+    assert "measured on the <b>test</b> tasks" in html and "made on <b>dev</b> tasks" in html
+
+
+def _diversity_scores() -> pd.DataFrame:
+    rows = []
+    for n, level in ((2, 40.0), (4, 50.0), (8, 60.0)):
+        for seed in (1, 2):
+            for index in range(3):
+                rows.append({"kind": "trial", "condition": f"def-original+ex-original (num_train_tasks={n})",
+                             "variant": "def-original+ex-original", "other": f"num_train_tasks={n}", "size": 10, "seed": seed,
+                             "task": f"task{index}", "category": "textual_entailment", "is_classification": True,
+                             "exact_match": level + index, "rougeL": level, "label_space_rate": 90.0 + n, "rank_exact_match": math.nan})  # fmt: skip
+    for seed in (1, 2):
+        for index in range(3):
+            rows.append({"kind": "baseline", "condition": "random", "variant": "", "other": "num_train_tasks=None", "size": pd.NA,
+                         "seed": seed, "task": f"task{index}", "category": "textual_entailment", "is_classification": True,
+                         "exact_match": 45.0, "rougeL": 45.0, "label_space_rate": 100.0, "rank_exact_match": math.nan})  # fmt: skip
+    return pd.DataFrame(rows).astype({"size": "Int64", "seed": "Int64"})
+
+
+def test_diversity_table_and_curve_follow_the_number_of_training_tasks():
+    from dashboards import analysis, figures
+
+    table = analysis.diversity_table(_diversity_scores())
+    em = table[(table["metric"] == "exact_match") & (table["kind"] == "trial")].set_index("num_train_tasks")
+    assert list(em.index) == [2, 4, 8] and list(em["mean"]) == pytest.approx([41.0, 51.0, 61.0])
+    assert set(em["condition"]) == {"def-original+ex-original"}
+    rate = table[(table["metric"] == "label_space_rate") & (table["kind"] == "trial")]
+    assert list(rate["mean"]) == pytest.approx([92.0, 94.0, 98.0])
+    assert "rank_exact_match" not in set(table["metric"])  # not logged: not drawn
+    baseline = table[table["kind"] == "baseline"]
+    assert baseline["num_train_tasks"].isna().all() and set(baseline["condition"]) == {"random"}
+    assert figures.diversity_curve(table, "classification").startswith(b"\x89PNG")
+    assert analysis.diversity_table(_diversity_scores().assign(other="")).empty

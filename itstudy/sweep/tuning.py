@@ -7,6 +7,10 @@ A Tune experiment whose folder exists under the storage path is resumed with `Tu
 finished trials stay finished, interrupted and errored ones continue from their last checkpoint
 (a new Tuner would start over: ray#28722). Never uses `fail_fast`: it makes a sweep
 unrestorable (ray#30584).
+
+Every choice reads dev metrics only: Optuna optimises `search.metric` (a `dev_` metric, checked
+by the spec), and with `eval.select_on: dev` the checkpoint a trial's run points to is its best
+retained one by `dev_exact_match`, never by a test figure.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from itstudy.config import Study
+from itstudy.config import DEV_PREFIX, Study
 from itstudy.paths import storage_path
 from itstudy.sweep.cluster import TrialResources, max_concurrent_trials
 from itstudy.sweep.outcomes import TrialOutcome
@@ -127,8 +131,9 @@ def outcome_of(result: tune.Result, context: SweepContext, progress: Progress) -
     trial = resolve_trial(result.config, context)
     runs = find_runs(context.tracking_uri, context.experiment_id, child_run_identity(trial.key, context))
     run_id = runs[0].info.run_id if runs else None
-    if run_id and result.checkpoint:
-        RunLogger(context.tracking_uri, run_id).set_tags({"itstudy.checkpoint": result.checkpoint.path})
+    checkpoint, selected_on = selected_checkpoint(result, trial.study)
+    if run_id and checkpoint:
+        RunLogger(context.tracking_uri, run_id).set_tags({"itstudy.checkpoint": checkpoint.path, "itstudy.selected_on": selected_on})
     metrics = {key: float(value) for key, value in (result.metrics or {}).items() if _is_number(value)}
     return TrialOutcome(
         key=trial.key,
@@ -141,6 +146,18 @@ def outcome_of(result: tune.Result, context: SweepContext, progress: Progress) -
         metrics=metrics,
         window=progress.windows.get(trial.key),
     )
+
+
+SELECTION_METRIC = f"{DEV_PREFIX}exact_match"
+"""What `eval.select_on: dev` ranks a trial's checkpoints by."""
+
+
+def selected_checkpoint(result: tune.Result, study: Study) -> tuple[Any, str]:
+    """(the trial's chosen checkpoint, what chose it): the best on dev exact match, or the last one."""
+    has_dev = any(SELECTION_METRIC in metrics for _, metrics in result.best_checkpoints or ())
+    if study.eval.select_on == "dev" and has_dev:
+        return result.get_best_checkpoint(SELECTION_METRIC, "max"), SELECTION_METRIC
+    return result.checkpoint, "last"
 
 
 def _is_number(value: Any) -> bool:
