@@ -69,6 +69,8 @@ class ClassificationRule(Spec):
     """labels_in_definition: at most max_labels distinct normalised outputs, each named in the definition; few_labels: the count alone."""
     max_labels: int = Field(10, ge=2)
     """Most distinct normalised outputs a classification task may have."""
+    min_labels: int = Field(1, ge=1)
+    """Fewest distinct normalised outputs it must show (1 counts a sample that shows one label, as SuperNI's MANIFEST does)."""
     over_instances: int = Field(100, ge=1)
     """How many leading instances the rule looks at (SuperNI's evaluation instances are the first 100)."""
 

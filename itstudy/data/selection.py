@@ -31,8 +31,9 @@ Classification rules (registry `CLASSIFICATION_RULES`, keyed by `ClassificationR
 - `labels_in_definition` (default): over the first `over_instances` instances the outputs take at
   most `max_labels` distinct normalised values, and every such value occurs in the normalised
   definition (as a substring). This reproduces `is_classification` of the SuperNI sample's
-  MANIFEST.tsv. A task whose sample shows one label only also counts, as it does there.
-- `few_labels`: the count alone.
+  MANIFEST.tsv. A task whose sample shows one label only also counts, as it does there, unless
+  `min_labels` asks for more (a delusive example needs a second label to be wrong with).
+- `few_labels`: the count alone (between `min_labels` and `max_labels`).
 The label space keeps, for each normalised label, the most frequent spelling among the outputs,
 stripped of whitespace and of trailing sentence punctuation ("Yes." -> "Yes"): exact match
 normalises punctuation away anyway, and the labels then read naturally in a simplified
@@ -85,7 +86,7 @@ def _normalised_outputs(task: Task, rule: ClassificationRule) -> list[str]:
 
 
 def _few_labels(task: Task, rule: ClassificationRule) -> bool:
-    return len(set(_normalised_outputs(task, rule))) <= rule.max_labels
+    return rule.min_labels <= len(set(_normalised_outputs(task, rule))) <= rule.max_labels
 
 
 def _labels_in_definition(task: Task, rule: ClassificationRule) -> bool:

@@ -3,7 +3,7 @@
 The key is what makes resuming flag-free: the same experiment file and overrides always give
 the same trial keys, the same sweep name and hence the same Tune experiment folder and the same
 MLflow runs. A key reads like `def-simplified+ex-original_n10_s1_3fa2c9d1`: the variant, the
-training instances per task, the seed, any other swept value, and the first eight hex digits
+training instances per task (`budget<N>` under data.train_budget), the seed, any other swept value, and the first eight hex digits
 of the trial's identity digest: its whole config except the keys that change neither its
 result nor the plan (`itstudy.config.NAME_NEUTRAL_KEYS`: tracking, resources, description...),
 so two different trials never share a key and moving a study to another store or more workers
@@ -24,14 +24,13 @@ from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, at_g
 
 # Axes that every trial key names, whether or not they are swept: what a reader of a run list
 # needs in order to tell trials apart at a glance.
-_ALWAYS_NAMED = ("variant", "data.instances_per_task", "seed")
+_ALWAYS_NAMED = ("variant", "data.instances_per_task", "data.train_budget", "seed")
 
 # Short labels for axes that appear in keys; any other axis is named by its last component.
 _LABELS = {
     "data.instances_per_task": "n",
     "seed": "s",
     "data.num_train_tasks": "tasks",
-    "data.train_budget": "budget",
     "train.learning_rate": "lr",
     "train.global_batch_size": "bs",
     "train.epochs": "ep",
@@ -104,7 +103,10 @@ def trial_key(resolved: Study, point: dict[str, Any]) -> str:
 
 
 def _named_parts(resolved: Study, point: dict[str, Any], with_seed: bool) -> list[str]:
-    parts = [resolved.variant.name, f"n{resolved.data.instances_per_task}"]
+    data = resolved.data
+    # with a fixed budget, instances_per_task is not what the run trains on: name the budget
+    size = f"n{data.instances_per_task}" if data.train_budget is None else f"budget{data.train_budget}"
+    parts = [resolved.variant.name, size]
     if with_seed:
         parts.append(f"s{resolved.seed}")
     for key, value in point.items():
