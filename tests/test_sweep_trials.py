@@ -157,6 +157,7 @@ def test_table_shows_format_metrics_and_the_paired_bootstrap_verdict_against_the
         Row("majority", {s: _seed_metrics(40.0, s, 100.0) for s in (1, 2, 3)}, 3, True),
     ]
     lines = format_table("title", rows, TABLE_TASKS).splitlines()
+    assert lines[0] == "title (test tasks; every choice was made on dev tasks)"
     header = lines[1].split()
     assert header[:6] == ["configuration", "seeds", "exact_match", "rougeL", "label_space_rate", "rank_exact_match"]
     # 10 points above random on every task and seed: the whole CI is above 0.

@@ -7,7 +7,8 @@ column compares each configuration with the best baseline by the report's rule
 (`itstudy.stats`): the difference in exact match paired by test task and seed, its 95% bootstrap
 CI over tasks and seeds, and the verdict (equivalent within the margin, better, worse,
 inconclusive). The paired tasks are the classification test tasks, the ones every baseline
-scores. Plain Python: no Ray, no MLflow.
+scores. Every figure is from the test tasks, and the title says so: the dev figures a sweep
+chose on (`dev_<metric>`) are not shown. Plain Python: no Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ FORMAT_METRICS = ("label_space_rate", "rank_exact_match")
 WHEN_LOGGED = ("rank_exact_match",)
 """Columns the table shows only when a run logged them (model-free baselines have no rank EM)."""
 VERSUS = "vs best baseline (EM, paired by task and seed, 95% CI)"
+SPLIT_NOTE = "test tasks; every choice was made on dev tasks"
 
 
 @dataclass(frozen=True)
@@ -87,4 +89,4 @@ def format_table(title: str, rows: Sequence[Row], tasks: Sequence[str]) -> str:
         ],
         columns=["configuration", "seeds", *metrics, VERSUS],
     )
-    return text_table(frame, title)
+    return text_table(frame, f"{title} ({SPLIT_NOTE})")
