@@ -61,6 +61,9 @@ def test_optuna_search_over_the_learning_rate_nests_its_trials_under_the_sweep()
     rates = [float(value) for value in trials["params.train.learning_rate"]]
     assert len(set(rates)) == 3 and all(1e-4 <= rate <= 1e-2 for rate in rates)
     assert trials["metrics.exact_match"].notna().all()
+    # What Optuna chose on is in MLflow: a dev metric, logged by every trial (test figures are never read).
+    assert parent.iloc[0]["params.search.metric"] == "dev_exact_match"
+    assert trials["metrics.dev_exact_match"].notna().all()
     # The baseline sits beside the trials, under the same parent.
     baselines = _runs("baseline")
     assert list(baselines["parent_run_id"]) == [result.parent_run_id]

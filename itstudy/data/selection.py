@@ -194,7 +194,8 @@ def _draw_training(pool: tuple[Task, ...], data: DataConfig, seed: int, notes: l
             f"the filters; lower data.dev_tasks (0 turns the dev split off, and with it every choice made on dev)"
         )
     dev = stratified_order(pool, seed, "dev")[: data.dev_tasks]
-    rest = tuple(task for task in pool if task not in dev)
+    held_out = {task.name for task in dev}
+    rest = tuple(task for task in pool if task.name not in held_out)
     wanted = data.num_train_tasks or len(rest)
     if wanted > len(rest):
         raise SelectionError(
