@@ -12,7 +12,8 @@ import pytest
 from itstudy.config import load_study
 from itstudy.sweep.trials import expand_grid
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 
 
 def _header(path: Path) -> str:
@@ -79,7 +80,8 @@ def test_each_debug_command_runs_on_the_sample_with_dev_metrics_on_every_trial(s
     from itstudy.sweep.cluster import ray_session
 
     seconds, missing = {}, {}
-    with ray_session(f"sqlite:///{itstudy_home() / 'mlflow.db'}"):
+    uri = f"sqlite:///{itstudy_home() / 'mlflow.db'}"
+    with ray_session(uri):
         for path in RUNNABLE:
             started = time.perf_counter()
             result = run_sweep(load_study(path, debug_overrides(path)), path)
@@ -88,3 +90,8 @@ def test_each_debug_command_runs_on_the_sample_with_dev_metrics_on_every_trial(s
             missing[path.name] = [o.key for o in result.outcomes if "dev_exact_match" not in o.metrics]
     print("debug run seconds:", seconds)
     assert missing == {path.name: [] for path in RUNNABLE}
+    # The diversity study's curve is in its report.
+    from dashboards.report import build_report
+
+    html = build_report("diversity", tracking_uri=uri).read_text()
+    assert 'id="fig-diversity"' in html and 'class="category-table"' in html
