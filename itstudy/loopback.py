@@ -47,9 +47,10 @@ def private_auth_token() -> None:
     """Make Ray's token file readable by its owner only, creating it (mode 0600) when it is missing.
 
     Ray writes a missing token file with the default umask (0644): any local user could then
-    read the token and run code on the cluster. A token given in $RAY_AUTH_TOKEN needs no file.
+    read the token and run code on the cluster. A token given in $RAY_AUTH_TOKEN needs no file,
+    and neither does a Ray with authentication turned off (RAY_AUTH_MODE=disabled).
     """
-    if os.environ.get("RAY_AUTH_TOKEN"):
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return
     path = auth_token_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
