@@ -45,18 +45,25 @@ if [[ -z "${RAY_TEMP_DIR:-}" ]]; then
 fi
 
 # Token authentication: every CLI client needs RAY_AUTH_MODE=token and the token in ~/.ray/auth_token.
+# Ray writes that file readable by every local user (0644): this cluster's is its owner's only.
 export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
+# Loopback only: with --node-ip-address=127.0.0.1 alone, Ray on Linux swaps in the machine's
+# routable address and its servers listen on every interface; this variable (Ray's single-node
+# mode, as on macOS) keeps 127.0.0.1, so GCS, raylet, object manager, agents, client server and
+# workers listen there. Job drivers inherit it and join with the same address (itstudy/loopback.py).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # On SIGTERM a head drains for 30 s by default (for Ray Serve replicas); a study cluster has
 # nothing to hand over, so local-down.sh stops it at once.
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
-"$BIN/ray" get-auth-token --generate >/dev/null
+(umask 077 && "$BIN/ray" get-auth-token --generate >/dev/null)
+if [[ -z "${RAY_AUTH_TOKEN:-}" ]]; then chmod 600 "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"; fi
 
 # trial_driver: a custom resource that the drivers of multi-worker trials take instead of a CPU
 # (a Tune trial's driver otherwise holds one CPU that its own Train workers then cannot use).
 # MLFLOW_TRACKING_URI in the head's environment reaches every job driver: the one place that names
 # the server's port (cluster/runtime_env.yaml does not).
 MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT setsid "$BIN/ray" start --head --block --disable-usage-stats \
-  --port="$RAY_PORT" --dashboard-port="$RAY_DASHBOARD_PORT" --dashboard-host=127.0.0.1 \
+  --node-ip-address=127.0.0.1 --port="$RAY_PORT" --dashboard-port="$RAY_DASHBOARD_PORT" --dashboard-host=127.0.0.1 \
   --num-cpus="$RAY_NUM_CPUS" --resources='{"trial_driver": 16}' \
   --temp-dir="$RAY_TEMP_DIR" ${RAY_EXTRA_START_ARGS:-} \
   >"$STATE/ray.log" 2>&1 </dev/null &

@@ -7,9 +7,12 @@ exactly what a cluster would receive.
 
 from __future__ import annotations
 
+import configparser
+import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -213,6 +216,114 @@ def test_the_kuberay_file_matches_the_crd_and_its_settings_take_effect():
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     host = urlparse(runtime_env["env_vars"]["MLFLOW_TRACKING_URI"]).netloc
     (server,) = _containers(documents["Deployment"])
-    (allowed,) = [arg.split("=", 1)[1] for arg in server["command"] if arg.startswith("--allowed-hosts=")]
-    assert host in allowed.split(",") and f"--port={host.split(':')[1]}" in server["command"]
+    (allowed,) = [arg.split("=", 1)[1] for arg in server["args"] if arg.startswith("--allowed-hosts=")]
+    assert host in allowed.split(",") and f"--port={host.split(':')[1]}" in server["args"]
     assert documents["Service"]["spec"]["ports"][0]["port"] == int(host.split(":")[1])
+
+
+# --- what listens where, and where the secrets are ----------------------------------------------
+
+SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN")
+
+
+def test_the_local_cluster_binds_loopback_only_and_keeps_its_token_private():
+    from ray._private import ray_constants
+
+    from itstudy.loopback import SINGLE_NODE_VARIABLE
+
+    script = (REPO / "cluster/local-up.sh").read_text()
+    # The switch that keeps Ray on 127.0.0.1 is the one this Ray reads (a rename would silently widen it).
+    assert SINGLE_NODE_VARIABLE == ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    assert f"export {SINGLE_NODE_VARIABLE}=0" in script
+    ray_start = script[script.index('"$BIN/ray" start') : script.index('>"$STATE/ray.log"')]
+    assert "--node-ip-address=127.0.0.1" in ray_start and "--dashboard-host=127.0.0.1" in ray_start
+    mlflow_start = script[script.index('"$BIN/mlflow" server') : script.index('>"$STATE/mlflow.log"')]
+    assert "--host 127.0.0.1" in mlflow_start
+    assert '(umask 077 && "$BIN/ray" get-auth-token --generate' in script and "chmod 600" in script
+    assert subprocess.run(["bash", "-n", "cluster/local-up.sh"], cwd=REPO).returncode == 0
+
+
+def _auth_settings(ini: Path) -> dict[str, str]:
+    """The basic-auth app's settings file, read as mlflow.server.auth.config reads it (that module
+    imports the app, whose Flask-WTF the test environment does not install)."""
+    parser = configparser.ConfigParser()
+    parser.read(ini)
+    return dict(parser["mlflow"])
+
+
+def _fake_aws(folder: Path, answer: str) -> Path:
+    """A folder with an `aws` that prints `answer`, as `aws ssm get-parameter ... --output text` would."""
+    folder.mkdir()
+    (folder / "aws").write_text(f"#!/bin/sh\necho '{answer}'\n")
+    (folder / "aws").chmod(0o755)
+    return folder
+
+
+def test_aws_nodes_get_mlflow_credentials_from_a_private_file_that_mlflow_reads(tmp_path, monkeypatch):
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    config = yaml.safe_load((REPO / "cluster/aws.yaml").read_text())
+    region = config["provider"]["region"]
+    commands = config["setup_commands"] + config["head_setup_commands"] + config["head_start_ray_commands"]
+    for command in commands + config["worker_start_ray_commands"]:
+        assert subprocess.run(["bash", "-n", "-c", command]).returncode == 0, command
+        assert all(f"{name}=" not in command for name in SECRET_VARIABLES)  # no secret in Ray's environment
+        assert "aws ssm" not in command or f"--region {region}" in command
+    # Run every node's credentials step and the head's auth settings step, with SSM faked.
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray/auth_token").write_text("token")
+    path = f"{_fake_aws(tmp_path / 'bin', 'pw-from-ssm')}:{os.environ['PATH']}"
+    for command in config["setup_commands"] + config["head_setup_commands"]:
+        if not command.startswith("pip "):
+            done = subprocess.run(["bash", "-c", command], env={"HOME": str(home), "PATH": path}, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+    credentials = home / ".mlflow/credentials"
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600 and stat.S_IMODE((home / ".ray/auth_token").stat().st_mode) == 0o600
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_ADMIN_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    creds = read_mlflow_creds()  # what every MLflow client on the node sends
+    auth = _auth_settings(home / "mlflow-auth.ini")  # what the head's server creates its user from
+    assert (creds.username, creds.password) == (auth["admin_username"], "pw-from-ssm")
+    assert auth["default_permission"] == "NO_PERMISSIONS" and auth["database_uri"] == f"sqlite:///{home}/mlflow-auth.db"
+
+    start = " ".join(config["head_start_ray_commands"])
+    server = start[start.index("mlflow server") : start.index("> ~/mlflow-server.log")]
+    assert "--app-name basic-auth" in server and "--host 0.0.0.0" in server  # reachable by nodes, never anonymously
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD=\"$(aws ssm get-parameter --region" in start
+    assert "mlflow[auth]==" in config["head_setup_commands"][0]  # the app's Flask-WTF, at the image's MLflow
+    # Port 5000 is closed to everything but the cluster's own nodes: the group Ray creates admits
+    # intra-cluster traffic and SSH, and this file adds no rule.
+    assert config["provider"]["security_group"] == {"GroupName": "itstudy-cluster", "IpPermissions": []}
+    assert not any("SecurityGroupIds" in node["node_config"] for node in config["available_node_types"].values())
+
+
+def test_kuberay_credentials_come_from_a_secret_and_only_ray_pods_reach_mlflow(tmp_path):
+    documents = {doc["kind"]: doc for doc in yaml.safe_load_all((REPO / "cluster/kuberay-rayjob.yaml").read_text())}
+    job = documents["RayJob"]
+    assert not any(name in job["spec"]["runtimeEnvYAML"] for name in SECRET_VARIABLES)
+    (server,) = _containers(documents["Deployment"])
+    assert "--app-name=basic-auth" in server["args"]
+    server_env = {var["name"]: var.get("valueFrom", {}).get("secretKeyRef") for var in server["env"]}
+    cluster = job["spec"]["rayClusterSpec"]
+    ray_pods = [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+    for pod in ray_pods:
+        (container,) = pod["spec"]["containers"]
+        env = {var["name"]: var.get("valueFrom", {}).get("secretKeyRef") for var in container["env"]}
+        # The user the server creates is the one every Ray node logs in as.
+        assert env["MLFLOW_TRACKING_USERNAME"] == server_env["MLFLOW_AUTH_ADMIN_USERNAME"] == {"name": "mlflow-credentials", "key": "username"}
+        assert env["MLFLOW_TRACKING_PASSWORD"] == server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == {"name": "mlflow-credentials", "key": "password"}
+    # The app reads its settings from the ConfigMap's file, and keeps its users on the store's volume.
+    mounts = {mount["name"]: mount["mountPath"] for mount in server["volumeMounts"]}
+    values = {var["name"]: var.get("value") for var in server["env"]}
+    assert values["MLFLOW_AUTH_CONFIG_PATH"] == f"{mounts['mlflow-auth']}/basic_auth.ini"
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(documents["ConfigMap"]["data"]["basic_auth.ini"])
+    database = f"sqlite:///{mounts['mlflow-store']}/mlflow-auth.db"
+    assert _auth_settings(ini) == {"default_permission": "NO_PERMISSIONS", "database_uri": database}
+    policy = documents["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == documents["Service"]["spec"]["selector"]
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": documents["Service"]["spec"]["ports"][0]["port"]}]

@@ -14,6 +14,7 @@ import pytest
 import ray
 
 from itstudy.config import ConfigError, load_study, to_plain
+from itstudy.loopback import local_ray_options
 from itstudy.paths import itstudy_home
 from itstudy.sweep import run_sweep
 from itstudy.sweep.cluster import LOCAL_TRIAL_DRIVERS, TRIAL_DRIVER, TrialResources, max_concurrent_trials
@@ -106,7 +107,7 @@ def test_half_gpu_trials_untuned_included_run_four_at_once_on_two_gpus():
     # Two GPUs declared on a CPU-only machine (run_sweep uses a Ray its caller started as it is).
     ray.init(
         num_cpus=4, num_gpus=2, resources={TRIAL_DRIVER: LOCAL_TRIAL_DRIVERS},
-        include_dashboard=False, runtime_env={"env_vars": worker_env(uri)},
+        include_dashboard=False, runtime_env={"env_vars": worker_env(uri)}, **local_ray_options(),
     )
     try:
         assert max_concurrent_trials(study, trials) == 4

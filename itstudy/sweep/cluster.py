@@ -19,6 +19,7 @@ import ray
 from ray import tune
 
 from itstudy.config import ConfigError, ResourcesConfig, Study
+from itstudy.loopback import local_ray_options
 from itstudy.sweep.trainable import SweepContext, resolve_trial
 from itstudy.sweep.trials import Trial
 from itstudy.tracking import worker_env
@@ -39,7 +40,7 @@ def ray_session(uri: str) -> Iterator[str]:
     if ray.is_initialized():
         yield uri
         return
-    local = {} if os.environ.get("RAY_ADDRESS") else {"resources": {TRIAL_DRIVER: LOCAL_TRIAL_DRIVERS}, "include_dashboard": False}
+    local = {} if os.environ.get("RAY_ADDRESS") else {"resources": {TRIAL_DRIVER: LOCAL_TRIAL_DRIVERS}, "include_dashboard": False, **local_ray_options()}
     # Inside a job the job's runtime environment applies too; the sweep's tracking settings win.
     os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     ray.init(runtime_env={"env_vars": worker_env(uri)}, **local)

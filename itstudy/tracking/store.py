@@ -27,14 +27,14 @@ from itstudy.provenance import git_state
 # rate-limited hosted services); a training worker would stall that long on every flush against a
 # dead server. Workers get a short budget instead; RunLogger buffers what still fails.
 WORKER_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-# Variables that carry credentials or TLS settings for a tracking server; forwarded when the driver has them.
-FORWARDED_MLFLOW_VARIABLES = (
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_TRACKING_SERVER_CERT_PATH",
-)
+# TLS settings for a tracking server: not secret, forwarded to workers when the driver has them.
+FORWARDED_MLFLOW_VARIABLES = ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+# Never in a runtime environment: Ray writes runtime environments in plain text into its session
+# logs (runtime_env_agent.log, 0644). Workers read credentials on their own node instead: a local
+# Ray's workers inherit the driver's environment through the raylet it starts; on a cluster the
+# launcher sets them in `ray start`'s environment or writes ~/.mlflow/credentials (mode 0600),
+# which MLflow reads when these variables are unset (cluster/README.md).
+SECRET_MLFLOW_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 class TrackingError(ConfigError):
@@ -163,7 +163,7 @@ def _probe_server(uri: str) -> None:
 
 
 def tracking_env(uri: str) -> dict[str, str]:
-    """Environment variables for Ray workers' runtime_env: the URI, credentials, commit, HTTP budget."""
+    """Environment variables for Ray workers' runtime_env: the URI, TLS settings, commit, HTTP budget; no secret."""
     env = {"MLFLOW_TRACKING_URI": uri, **WORKER_HTTP_SETTINGS}
     env.update({name: os.environ[name] for name in FORWARDED_MLFLOW_VARIABLES if name in os.environ})
     # Workers may run from a working_dir copy without .git: they read the driver's commit from here.
@@ -172,7 +172,10 @@ def tracking_env(uri: str) -> dict[str, str]:
 
 
 def worker_env(tracking_uri: str | None) -> dict[str, str]:
-    """Environment variables for Ray workers: tracking (URI, credentials, commit) and itstudy's own."""
+    """Environment variables for Ray workers: tracking (URI, commit) and itstudy's own; never a secret.
+
+    Credentials (SECRET_MLFLOW_VARIABLES) stay out: workers find them on their node.
+    """
     env = tracking_env(tracking_uri) if tracking_uri else {}
     env.update({name: os.environ[name] for name in WORKER_ENV_VARIABLES if name in os.environ})
     return env

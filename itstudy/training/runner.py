@@ -36,6 +36,7 @@ from ray.train.torch import TorchTrainer
 
 from itstudy import paths
 from itstudy.config import ConfigError, Study, config_digest, gradient_accumulation, identity_digest
+from itstudy.loopback import local_ray_options
 from itstudy.tracking import (
     RunLogger,
     check_tracking,
@@ -139,7 +140,7 @@ def build_trainer(job: WorkerJob, *, run_name: str, storage_path: str, callbacks
 def init_ray() -> None:
     """Join the cluster $RAY_ADDRESS names, else start a local one on this machine's CPUs."""
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        ray.init(include_dashboard=False, **({"address": os.environ["RAY_ADDRESS"]} if os.environ.get("RAY_ADDRESS") else local_ray_options()))
 
 
 # --- one tracked run -----------------------------------------------------------------------------
