@@ -21,10 +21,12 @@ from typing import get_args
 
 from itstudy.config import ModelFreeBaselineName, load_study
 from itstudy.errors import UserError
+from itstudy.sweep.address import check_ray_address
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.experiment, args.overrides)
+    check_ray_address()  # in seconds, before Ray and MLflow are imported
     from itstudy.sweep import run_sweep
 
     result = run_sweep(study, experiment_file=Path(args.experiment))
@@ -53,6 +55,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> None:
     study = load_study(args.experiment, args.overrides)
+    check_ray_address()
     from itstudy.training.runner import train_command
 
     train_command(study)
