@@ -26,7 +26,10 @@ from itstudy.sweep.address import check_ray_address
 
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.experiment, args.overrides)
-    check_ray_address()  # in seconds, before Ray and MLflow are imported
+    check_ray_address()  # in seconds, before Ray is imported
+    from itstudy.tracking import check_server, resolve_tracking_uri
+
+    check_server(resolve_tracking_uri(study.tracking))  # likewise: a dead tracking server in seconds
     from itstudy.sweep import run_sweep
 
     result = run_sweep(study, experiment_file=Path(args.experiment))
@@ -35,12 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     study = load_study(args.experiment, args.overrides)
-    from itstudy.sweep.driver import send_records
-    from itstudy.sweep.trials import sweep_name
     from itstudy.tracking import check_tracking, experiment_id_of, experiment_name, find_runs, resolve_tracking_uri
 
     uri = resolve_tracking_uri(study.tracking)
-    check_tracking(uri)
+    check_tracking(uri)  # in seconds, before the driver's modules (Ray, torch) are imported
+    from itstudy.sweep.driver import send_records
+    from itstudy.sweep.trials import sweep_name
+
     experiment_id = experiment_id_of(uri, experiment_name(study))
     identity = {"itstudy.kind": "sweep", "itstudy.sweep": sweep_name(study)}
     parents = find_runs(uri, experiment_id, identity) if experiment_id else []

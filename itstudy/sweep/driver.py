@@ -49,6 +49,7 @@ from itstudy.sweep.tuning import run_tune, tune_state_name, untuned_trials
 from itstudy.tracking import (
     RunLogger,
     check_tracking,
+    check_writable,
     ensure_experiment,
     experiment_name,
     resolve_tracking_uri,
@@ -65,6 +66,7 @@ def run_sweep(study: Study, experiment_file: Path | None = None) -> SweepResult:
     untuned = untuned_trials(study, trials)
     preflight(study, trials)
     uri = resolve_tracking_uri(study.tracking)
+    check_writable(uri)  # before the lock files beside it
     with store_creation_lock(uri):  # two first runs on a new store must not race its schema migration
         check_tracking(uri)
         experiment_id = ensure_experiment(uri, experiment_name(study))

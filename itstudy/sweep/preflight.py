@@ -5,7 +5,7 @@ job-server URL or where no Ray answers (within seconds: `ray.init` would wait fo
 share Ray cannot place safely, a trial whose batch arithmetic does not fit its worker count,
 whose model is unknown or whose tokenizer does not load or fit the model (everything `itstudy
 train` checks: `check_run`), data that cannot be selected, a global batch larger than the
-training set, a variant that does not fit its tasks (a simplified definition on a task without
+training set, a storage path this user cannot write, a variant that does not fit its tasks (a simplified definition on a task without
 labels), CPUs or GPUs that the local machine does not have (on a cluster, `check_cluster` compares
 with its autoscaling maximum once Ray answers), an unknown search-space type or a search over a
 swept key.
@@ -14,6 +14,7 @@ swept key.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from ray import tune
 
 from itstudy.config import ConfigError, Study, with_overrides
 from itstudy.data import SelectionError, SourceError, SyntheticError, TaskFileError, load_study_data
+from itstudy.paths import storage_path
 from itstudy.sweep.address import check_ray_address
 from itstudy.sweep.cluster import check_capacity, local_capacity
 from itstudy.sweep.trials import Trial
@@ -69,8 +71,22 @@ def preflight(study: Study, trials: list[Trial]) -> None:
         except ConfigError as error:
             raise ConfigError(f"trial {trial.key}: {error}") from None
     check_variants(trials)
+    check_storage(storage_path(study.tracking.storage_path))
     if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():  # else `check_cluster` asks the cluster
         check_capacity(trials, local_capacity(), "this machine (no RAY_ADDRESS: a local Ray)")
+
+
+def check_storage(path: str) -> None:
+    """A local storage path (Tune state, checkpoints, metric records) must be writable: Tune would fail deep inside."""
+    if "://" in path:
+        return  # cloud storage: Ray reports its own errors
+    folder = Path(path)
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(
+            f"tracking.storage_path: {existing} is read-only for this user (Ray keeps checkpoints and Tune state in {path}); "
+            f"make it writable or set tracking.storage_path (or $ITSTUDY_HOME) to a writable folder"
+        )
 
 
 def check_gpu_share(study: Study) -> None:
