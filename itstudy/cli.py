@@ -73,9 +73,12 @@ def cmd_baseline(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from itstudy.training.bench import bench_command
+    from itstudy.training.bench_args import parse_bench_args
 
-    bench_command(args.bench_args)
+    bench_args = parse_bench_args(args.bench_args)  # --help and bad arguments answer before torch is imported
+    from itstudy.training.bench import run_bench
+
+    run_bench(bench_args)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
