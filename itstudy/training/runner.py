@@ -49,6 +49,7 @@ from itstudy.tracking import (
     resolve_tracking_uri,
     worker_env,
 )
+from itstudy.provenance import inputs_digest
 from itstudy.sweep.address import check_ray_address
 from itstudy.sweep.trials import make_trial
 from itstudy.training.engine import batches_per_epoch
@@ -165,8 +166,9 @@ def prepare_job(study: Study, run_id: str | None = None, tracking_uri: str | Non
 
 
 def run_name(study: Study) -> str:
-    """Deterministic from the config: the same command resumes the same Ray run and MLflow run."""
-    return f"{study.name}-train-{identity_digest(study)}"
+    """Deterministic from the config and the content of the data and tokenizer: the same command resumes
+    the same Ray run and MLflow run, unless the data or tokenizer changed since."""
+    return f"{study.name}-train-{identity_digest(study, inputs_digest(study))}"
 
 
 # --- Ray Train -----------------------------------------------------------------------------------
