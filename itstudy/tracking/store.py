@@ -150,7 +150,9 @@ def check_tracking(uri: str) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as error:  # any failure here means the store is unusable; say which and why
-        raise TrackingError(f"tracking URI {uri!r}: the store does not answer MLflow requests: {_first_line(error)}") from None
+        reason = _first_line(error)
+        hint = f"; free space on the disk of {_sqlite_path(uri).parent} and rerun" if "full" in reason and _is_sqlite(uri) else ""
+        raise TrackingError(f"tracking URI {uri!r}: the store does not answer MLflow requests: {reason}{hint}") from None
 
 
 def check_readable(uri: str) -> None:
