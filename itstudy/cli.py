@@ -27,9 +27,11 @@ from itstudy.sweep.address import check_ray_address
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.experiment, args.overrides)
     check_ray_address()  # in seconds, before Ray is imported
-    from itstudy.tracking import check_server, resolve_tracking_uri
+    from itstudy.tracking import check_server, check_writable, resolve_tracking_uri
 
-    check_server(resolve_tracking_uri(study.tracking))  # likewise: a dead tracking server in seconds
+    uri = resolve_tracking_uri(study.tracking)
+    check_server(uri)  # likewise: a dead tracking server or a read-only store in seconds
+    check_writable(uri)
     from itstudy.sweep import run_sweep
 
     result = run_sweep(study, experiment_file=Path(args.experiment))
