@@ -67,18 +67,23 @@ def inputs_digest(study) -> str:
     content. Computed once per process for the same settings and files.
     """
     tokenizer = study.model.tokenizer
-    folder = os.environ.get(T5_TOKENIZER_ENV, "") if tokenizer == "t5" else tokenizer
-    files = _folder_files(Path(folder)) if folder and Path(folder).is_dir() else ()
-    return _inputs_digest(study.data.model_dump_json(), study.seed, tokenizer, files, os.environ.get(SUPERNI_DIR_ENV, ""))
+    tokenizer_folder = os.environ.get(T5_TOKENIZER_ENV, "") if tokenizer == "t5" else tokenizer
+    superni_folder = str(study.data.superni_dir or os.environ.get(SUPERNI_DIR_ENV, "")) if study.data.source == "superni" else ""
+    return _inputs_digest(
+        study.data.model_dump_json(), study.seed, tokenizer, _folder_files(tokenizer_folder), _folder_files(superni_folder)
+    )
 
 
-def _folder_files(folder: Path) -> tuple[tuple[str, int, int], ...]:
+def _folder_files(folder: str) -> tuple[tuple[str, int, int], ...]:
     # (path, size, mtime) of every file: the cache key, so a file replaced in this process is read again.
-    return tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in sorted(folder.rglob("*")) if path.is_file())
+    if not folder or not Path(folder).is_dir():
+        return ()
+    files = sorted(path for path in Path(folder).rglob("*") if path.is_file())
+    return tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
 
 
 @lru_cache(maxsize=64)
-def _inputs_digest(data_json: str, seed: int, tokenizer: str, tokenizer_files: tuple, superni_dir: str) -> str:
+def _inputs_digest(data_json: str, seed: int, tokenizer: str, tokenizer_files: tuple, superni_files: tuple) -> str:
     from itstudy.config import DataConfig  # the data layer sits above this plain module: imported on use
     from itstudy.data import load_study_data
 

@@ -287,6 +287,38 @@ def test_a_port_that_is_not_one_is_refused_in_one_line():
     assert code == 2 and printed == "itstudy: --port 70000: a TCP port is a number from 1 to 65535\n"
 
 
+# --- the resume digest covers what the run read ----------------------------------------------------
+
+
+def test_a_changed_tokenizer_or_task_file_names_a_new_sweep_and_train_run(superni_dir, t5_tokenizer_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from itstudy.training.runner import run_name
+
+    tokenizer, data = tmp_path / "t5", tmp_path / "superni"
+    shutil.copytree(t5_tokenizer_dir, tokenizer)
+    shutil.copytree(superni_dir, data)
+    monkeypatch.setenv("ITSTUDY_T5_TOKENIZER", str(tokenizer))
+    monkeypatch.setenv("ITSTUDY_SUPERNI_DIR", str(data))
+    overrides = ["data.source=superni", "model.tokenizer=t5", "data.max_train_tasks=2"]
+    names = lambda: (sweep_name(load_study(TRAIN_TINY, overrides)), run_name(load_study(TRAIN_TINY, overrides)))  # noqa: E731
+    first = names()
+    assert names() == first, "same config and files: the rerun resumes"
+
+    (tokenizer / "spiece.model").write_bytes((tokenizer / "spiece.model").read_bytes()[:-1] + b"x")  # the vocabulary fixed (or broken)
+    second = names()
+    assert second[0] != first[0] and second[1] != first[1]
+
+    listed = (data / "splits" / "default" / "test_tasks.txt").read_text().split()
+    task_file = next(data / "tasks" / f"{name}.json" for name in listed if (data / "tasks" / f"{name}.json").is_file())
+    task = json.loads(task_file.read_text())
+    task["Definition"] = [task["Definition"][0] + " (corrected)"]
+    task_file.write_text(json.dumps(task))
+    third = names()
+    assert third[0] not in (first[0], second[0]) and third[1] not in (first[1], second[1])
+
+
 # --- real processes: the shrunk demo study ----------------------------------------------------
 
 DEMO = "experiments/demo.yaml"
