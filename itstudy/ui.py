@@ -30,7 +30,7 @@ import requests
 
 from itstudy.config import ConfigError
 from itstudy.errors import UserError
-from itstudy.tracking import artifact_root, study_store
+from itstudy.tracking import artifact_root, check_readable, study_store
 
 READY_TIMEOUT_S = 90.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -119,10 +119,12 @@ def ui_command(study_or_experiment: str | None = None, port: int = 5000, host: s
         raise UIError(f"--port {port}: a TCP port is a number from 1 to 65535")
     store = study_store(study_or_experiment)
     if store.tracking_uri.startswith(("http://", "https://")):
+        check_readable(store.tracking_uri)  # within seconds: an address that answers, or one line
         print(f"This study logs to the tracking server {store.tracking_uri}: open it in a browser.")
         return
     command = server_command(store.tracking_uri, host, port)
     check_port_free(host, port)
+    check_readable(store.tracking_uri)
     where = f"experiment '{store.experiment}'" if store.experiment else "every experiment"
     print(f"MLflow UI on {store.tracking_uri} ({where}): http://{host}:{port}")
     if host in LOOPBACK:

@@ -261,11 +261,13 @@ def test_a_truncated_store_is_named_by_report_and_run(tmp_path, monkeypatch):
         assert len(printed.strip().splitlines()) == 1
 
 
-def test_a_missing_store_is_named_and_not_created_by_report_or_ui(tmp_path, monkeypatch, isolated_home):
+def test_a_missing_store_is_named_and_not_created_by_report_or_ui(isolated_home):
     code, printed = _cli("report", DEMO)
-    assert code == 2 and printed.startswith(f"itstudy: tracking store {isolated_home / 'mlflow.db'} does not exist: run the study first")
+    assert code == 2 and printed == (
+        f"itstudy: no MLflow experiment named 'demo' at sqlite:///{isolated_home / 'mlflow.db'}; run the study first (itstudy run FILE)\n"
+    )
     code, printed = _cli("ui", DEMO)
-    assert code == 2 and "does not exist" in printed
+    assert code == 2 and printed.startswith(f"itstudy: tracking store {isolated_home / 'mlflow.db'} does not exist: run the study first")
     assert not (isolated_home / "mlflow.db").exists()
 
 

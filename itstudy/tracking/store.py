@@ -7,8 +7,9 @@ is the one place where a tracking problem may stop the work, at driver and worke
 of a worker silently writing to ./mlruns (ray#36257): a store folder that is read-only, an
 `mlflow.db` that is cut short or not a database, a server that does not answer within seconds
 (MLflow's own client retries for minutes) are each one line naming the file or URI and the fix.
-Commands that only read a store (`itstudy report`, `itstudy ui`) ask `check_readable` instead,
-which also refuses an SQLite file that does not exist (MLflow would create an empty one).
+Reading a study (`itstudy.tracking.read`, hence `itstudy report`) and `itstudy ui` ask
+`check_readable` instead, which also refuses an SQLite file that does not exist (MLflow would
+create an empty one).
 """
 
 from __future__ import annotations
@@ -84,18 +85,14 @@ def study_store(study_or_experiment: str | None, tracking_uri: str | None = None
     """An experiment file (`*.yaml`, `*.yml` or an existing file) or a study name -> its store.
 
     The URI is `tracking_uri` if given, else the file's tracking settings, else
-    $MLFLOW_TRACKING_URI, else the SQLite store under $ITSTUDY_HOME (`resolve_tracking_uri`); the
-    store must exist and answer (`check_readable`).
+    $MLFLOW_TRACKING_URI, else the SQLite store under $ITSTUDY_HOME (`resolve_tracking_uri`).
     """
     override = TrackingConfig(tracking_uri=tracking_uri) if tracking_uri else None
     target = study_or_experiment or ""
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         study = load_study(target)
-        store = StudyStore(resolve_tracking_uri(override or study.tracking), experiment_name(study), config_digest(study))
-    else:
-        store = StudyStore(resolve_tracking_uri(override or TrackingConfig()), target, None)
-    check_readable(store.tracking_uri)
-    return store
+        return StudyStore(resolve_tracking_uri(override or study.tracking), experiment_name(study), config_digest(study))
+    return StudyStore(resolve_tracking_uri(override or TrackingConfig()), target, None)
 
 
 def _is_sqlite(uri: str) -> bool:
@@ -159,13 +156,18 @@ def check_readable(uri: str) -> None:
     """Raise TrackingError unless `uri` names an existing store that answers within seconds (for commands that read)."""
     if _is_sqlite(uri):
         path = _sqlite_path(uri)
-        if not path.is_file():
+        if not store_exists(uri):
             raise TrackingError(
                 f"tracking store {path} does not exist: run the study first (itstudy run EXPERIMENT.yaml), or name its "
                 f"store with --tracking-uri, $MLFLOW_TRACKING_URI or $ITSTUDY_HOME"
             )
         _check_sqlite_file(path)
     check_server(uri)
+
+
+def store_exists(uri: str) -> bool:
+    """False only for an SQLite store whose file is not made yet (a server's store is the server's)."""
+    return not _is_sqlite(uri) or _sqlite_path(uri).is_file()
 
 
 def check_writable(uri: str) -> None:
