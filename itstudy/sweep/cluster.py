@@ -87,7 +87,8 @@ def check_capacity(trials: list[Trial], capacity: dict[str, float], where: str) 
     """Refuse a trial whose workers need more CPUs or GPUs than `capacity` holds: Tune would wait for them forever."""
     for trial in trials:
         resources = trial.study.resources
-        for name, field, each in (("CPU", "cpus_per_worker", resources.cpus_per_worker), ("GPU", "gpus_per_worker", resources.gpus_per_worker)):
+        asked = (("CPU", "cpus_per_worker", resources.cpus_per_worker), ("GPU", "gpus_per_worker", resources.gpus_per_worker))
+        for name, field, each in asked:
             need = each * resources.workers_per_trial
             if need > capacity.get(name, 0):
                 raise ConfigError(

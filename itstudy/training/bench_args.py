@@ -64,6 +64,8 @@ def _check_profile(path: Path) -> None:
     except OSError as error:
         raise BenchArgumentError(f"bench train --lengths {path}: cannot read it ({error.strerror})") from None
     except (ValueError, KeyError, TypeError):
-        raise BenchArgumentError(f"bench train --lengths {path}: not a length profile (JSON with \"tasks\", as `itstudy bench profile` writes)") from None
+        raise BenchArgumentError(
+            f"bench train --lengths {path}: not a length profile (JSON with \"tasks\", as `itstudy bench profile` writes)"
+        ) from None
     if not tasks:
         raise BenchArgumentError(f"bench train --lengths {path}: the profile holds no task")
