@@ -21,10 +21,17 @@ from typing import get_args
 
 from itstudy.config import ModelFreeBaselineName, load_study
 from itstudy.errors import UserError
+from itstudy.sweep.address import check_ray_address
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.experiment, args.overrides)
+    check_ray_address()  # in seconds, before Ray is imported
+    from itstudy.tracking import check_server, check_writable, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(study.tracking)
+    check_server(uri)  # likewise: a dead tracking server or a read-only store in seconds
+    check_writable(uri)
     from itstudy.sweep import run_sweep
 
     result = run_sweep(study, experiment_file=Path(args.experiment))
@@ -33,12 +40,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     study = load_study(args.experiment, args.overrides)
-    from itstudy.sweep.driver import send_records
-    from itstudy.sweep.trials import sweep_name
     from itstudy.tracking import check_tracking, experiment_id_of, experiment_name, find_runs, resolve_tracking_uri
 
     uri = resolve_tracking_uri(study.tracking)
-    check_tracking(uri)
+    check_tracking(uri)  # in seconds, before the driver's modules (Ray, torch) are imported
+    from itstudy.sweep.driver import send_records
+    from itstudy.sweep.trials import sweep_name
+
     experiment_id = experiment_id_of(uri, experiment_name(study))
     identity = {"itstudy.kind": "sweep", "itstudy.sweep": sweep_name(study)}
     parents = find_runs(uri, experiment_id, identity) if experiment_id else []
@@ -53,6 +61,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> None:
     study = load_study(args.experiment, args.overrides)
+    check_ray_address()
     from itstudy.training.runner import train_command
 
     train_command(study)
@@ -66,9 +75,12 @@ def cmd_baseline(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from itstudy.training.bench import bench_command
+    from itstudy.training.bench_args import parse_bench_args
 
-    bench_command(args.bench_args)
+    bench_args = parse_bench_args(args.bench_args)  # --help and bad arguments answer before torch is imported
+    from itstudy.training.bench import run_bench
+
+    run_bench(bench_args)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

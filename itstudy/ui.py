@@ -10,7 +10,8 @@ nothing) into the tracking URI and the MLflow experiment name. `ui_command` star
     kubectl port-forward pod/HEAD_POD 5000:5000     # KubeRay
 
 Refuses remote stores: a study that logs to an `http(s)://` tracking server already has that
-server's UI, whose address is printed instead. Refuses a port that is taken before printing any
+server's UI, whose address is printed instead (once it answered, within seconds). Refuses an
+SQLite store that does not exist or is damaged, and a port that is not one. Refuses a port that is taken before printing any
 address (the user would otherwise browse whatever other store listens there), and exits non-zero
 when the server does.
 """
@@ -29,7 +30,7 @@ import requests
 
 from itstudy.config import ConfigError
 from itstudy.errors import UserError
-from itstudy.tracking import artifact_root, study_store
+from itstudy.tracking import artifact_root, check_readable, study_store
 
 READY_TIMEOUT_S = 90.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -114,12 +115,16 @@ def stop_server(process: subprocess.Popen) -> None:
 
 def ui_command(study_or_experiment: str | None = None, port: int = 5000, host: str = "127.0.0.1") -> None:
     """The `itstudy ui` command: serve the study's store until Ctrl-C."""
+    if not 1 <= port <= 65535:
+        raise UIError(f"--port {port}: a TCP port is a number from 1 to 65535")
     store = study_store(study_or_experiment)
     if store.tracking_uri.startswith(("http://", "https://")):
+        check_readable(store.tracking_uri)  # within seconds: an address that answers, or one line
         print(f"This study logs to the tracking server {store.tracking_uri}: open it in a browser.")
         return
     command = server_command(store.tracking_uri, host, port)
     check_port_free(host, port)
+    check_readable(store.tracking_uri)
     where = f"experiment '{store.experiment}'" if store.experiment else "every experiment"
     print(f"MLflow UI on {store.tracking_uri} ({where}): http://{host}:{port}")
     if host in LOOPBACK:

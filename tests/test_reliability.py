@@ -186,6 +186,141 @@ def test_a_truncated_latest_checkpoint_is_named_and_the_previous_one_resumed(pre
     assert metrics["train_loss"] == pytest.approx(uninterrupted["train_loss"])
 
 
+# --- storage and tracking faults: one line, naming the file or URI, and nothing touched ----------
+
+
+def _store_with_runs(home: Path, runs: int = 20) -> str:
+    """An SQLite store in `home` holding experiment demo with `runs` FINISHED runs."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    home.mkdir(parents=True, exist_ok=True)
+    check_tracking(uri)
+    experiment_id = ensure_experiment(uri, "demo")
+    for index in range(runs):
+        RunLogger(uri, create_run(uri, experiment_id, f"run-{index}", tags={})).end("FINISHED")
+    return uri
+
+
+def _statuses(uri: str) -> dict[str, str]:
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("demo")
+    return {run.info.run_name: run.info.status for run in client.search_runs([experiment.experiment_id], max_results=1000)}
+
+
+def _read_only(home: Path) -> list[str]:
+    """A command prefix under which `home` is read-only: a read-only bind mount for root (whom file
+    modes do not stop), else the folder's write bits taken away (restored by the caller)."""
+    if os.geteuid() != 0:
+        home.chmod(0o555)
+        return []
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"root without a mount namespace (unshare: {probe.stderr.decode().strip()}): cannot make a folder read-only")
+    return ["unshare", "-m", "sh", "-c", f'mount --bind "{home}" "{home}" && mount -o remount,bind,ro "{home}" && exec "$0" "$@"']
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from itstudy.cli import main
+
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
+def test_a_read_only_store_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+    home = tmp_path / "home"
+    uri = _store_with_runs(home, runs=1)
+    before = _statuses(uri)
+    prefix = _read_only(home)
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-m", "itstudy.cli", "run", DEMO, *STUDY, f"tracking.storage_path={tmp_path / 'storage'}"],
+            cwd=REPO, env=_env(home), capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        home.chmod(0o755)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("itstudy:") or "Traceback" in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert errors[0] == f"itstudy: tracking store {home / 'mlflow.db'}: {home} is read-only for this user; make it writable, " \
+        "or move the study to a writable folder ($ITSTUDY_HOME, or tracking.tracking_uri=sqlite:////PATH/mlflow.db)"
+    assert _statuses(uri) == before and not (tmp_path / "storage").exists()
+
+
+def test_a_truncated_store_is_named_by_report_and_run(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    _store_with_runs(home)
+    database = home / "mlflow.db"
+    database.write_bytes(database.read_bytes()[: database.stat().st_size // 2])
+    monkeypatch.setenv("ITSTUDY_HOME", str(home))
+    for command in (["report", DEMO], ["sync", DEMO]):
+        code, printed = _cli(*command)
+        assert code == 2 and printed.startswith(f"itstudy: tracking store {database} is damaged (database disk image is malformed)")
+        assert len(printed.strip().splitlines()) == 1
+
+
+def test_a_missing_store_is_named_and_not_created_by_report_or_ui(isolated_home):
+    code, printed = _cli("report", DEMO)
+    assert code == 2 and printed == (
+        f"itstudy: no MLflow experiment named 'demo' at sqlite:///{isolated_home / 'mlflow.db'}; run the study first (itstudy run FILE)\n"
+    )
+    code, printed = _cli("ui", DEMO)
+    assert code == 2 and printed.startswith(f"itstudy: tracking store {isolated_home / 'mlflow.db'} does not exist: run the study first")
+    assert not (isolated_home / "mlflow.db").exists()
+
+
+def test_a_dead_tracking_server_is_named_within_seconds_by_run_sync_report_and_ui(monkeypatch, free_ports):
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    for command in (["run", DEMO], ["sync", DEMO], ["report", DEMO], ["ui", DEMO]):
+        started = time.monotonic()
+        code, printed = _cli(*command)
+        assert code == 2 and printed.strip() == (
+            f"itstudy: tracking URI '{dead}': no MLflow server answers (ConnectionError); "
+            f"start one with `mlflow server --host ... --port ...` or fix tracking.tracking_uri"
+        ), command
+        assert time.monotonic() - started < 15, command
+
+
+def test_a_port_that_is_not_one_is_refused_in_one_line():
+    code, printed = _cli("ui", "--port", "70000")
+    assert code == 2 and printed == "itstudy: --port 70000: a TCP port is a number from 1 to 65535\n"
+
+
+# --- the resume digest covers what the run read ----------------------------------------------------
+
+
+def test_a_changed_tokenizer_or_task_file_names_a_new_sweep_and_train_run(superni_dir, t5_tokenizer_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from itstudy.training.runner import run_name
+
+    tokenizer, data = tmp_path / "t5", tmp_path / "superni"
+    shutil.copytree(t5_tokenizer_dir, tokenizer)
+    shutil.copytree(superni_dir, data)
+    monkeypatch.setenv("ITSTUDY_T5_TOKENIZER", str(tokenizer))
+    monkeypatch.setenv("ITSTUDY_SUPERNI_DIR", str(data))
+    overrides = ["data.source=superni", "model.tokenizer=t5", "data.max_train_tasks=2"]
+    names = lambda: (sweep_name(load_study(TRAIN_TINY, overrides)), run_name(load_study(TRAIN_TINY, overrides)))  # noqa: E731
+    first = names()
+    assert names() == first, "same config and files: the rerun resumes"
+
+    (tokenizer / "spiece.model").write_bytes((tokenizer / "spiece.model").read_bytes()[:-1] + b"x")  # the vocabulary fixed (or broken)
+    second = names()
+    assert second[0] != first[0] and second[1] != first[1]
+
+    listed = (data / "splits" / "default" / "test_tasks.txt").read_text().split()
+    task_file = next(data / "tasks" / f"{name}.json" for name in listed if (data / "tasks" / f"{name}.json").is_file())
+    task = json.loads(task_file.read_text())
+    task["Definition"] = [task["Definition"][0] + " (corrected)"]
+    task_file.write_text(json.dumps(task))
+    third = names()
+    assert third[0] not in (first[0], second[0]) and third[1] not in (first[1], second[1])
+
+
 # --- real processes: the shrunk demo study ----------------------------------------------------
 
 DEMO = "experiments/demo.yaml"

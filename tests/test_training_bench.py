@@ -3,6 +3,8 @@ report states the comparison, and the module runs where only torch and transform
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -43,5 +45,31 @@ def test_the_benchmark_imports_neither_ray_mlflow_datasets_rouge_nor_pydantic():
         "absent = {'ray', 'mlflow', 'datasets', 'rouge_score', 'pydantic'}; "
         "bad = {m for m in sys.modules if m.split('.')[0] in absent or m == 'itstudy.config'}; "
         "assert not bad, sorted(bad)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "line"),
+    [
+        (["--batch", "0"], "itstudy: bench train --batch 0: expected a whole number of at least 1"),
+        (["--steps", "-3"], "itstudy: bench train --steps -3: expected a whole number of at least 1"),
+        (["--lengths", "missing.json"], "itstudy: bench train --lengths missing.json: cannot read it (No such file or directory)"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(arguments, line):
+    from itstudy.cli import main
+
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(["bench", "train", *arguments])
+    assert code == 2 and err.getvalue() == line + "\n"
+
+
+def test_the_command_line_is_parsed_without_torch():
+    # `itstudy bench train --help` must answer at once: the parser and its checks load no torch.
+    code = (
+        "import sys; from itstudy.training.bench_args import parse_bench_args; "
+        "args = parse_bench_args(['train', '--shape', 't5-tiny', '--batch', '2']); "
+        "assert args.shape == 't5-tiny' and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -24,8 +24,10 @@ NAME_NEUTRAL_KEYS = ("description", "tracking", "resources", "train.max_failures
 (another store, more workers, a new description) resumes the same sweep, trials and runs."""
 
 
-def identity_digest(study: Study) -> str:
-    """The short hash that names sweeps, trials and runs: the config without NAME_NEUTRAL_KEYS."""
+def identity_digest(study: Study, inputs: str = "") -> str:
+    """The short hash that names sweeps, trials and runs: the config without NAME_NEUTRAL_KEYS, and
+    `inputs`, the content digest of the data and tokenizer (`itstudy.provenance.inputs_digest`) where
+    the name decides whether a rerun resumes (sweeps, `itstudy train` runs)."""
     plain = to_plain(study)
     for dotted in NAME_NEUTRAL_KEYS:
         *sections, last = dotted.split(".")
@@ -33,7 +35,7 @@ def identity_digest(study: Study) -> str:
         for section in sections:
             node = node[section]
         node.pop(last)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:10]
+    return hashlib.sha256((json.dumps(plain, sort_keys=True) + inputs).encode()).hexdigest()[:10]
 
 
 RESULT_NEUTRAL_KEYS = (

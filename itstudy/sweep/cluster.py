@@ -5,7 +5,8 @@ GPU lets small trials share one) and runs in the Tune trial itself. A multi-work
 one unit of the custom `trial_driver` resource instead of a CPU (a Tune driver otherwise holds a
 CPU that its own Train workers need) and its TorchTrainer reserves the workers. Trials in
 flight: resources.max_concurrent_trials, else as many as the cluster (at its autoscaling
-maximum) fits.
+maximum) fits. A trial that the cluster could never hold, even at that maximum (GPUs on a machine
+without any, more CPUs than it has), is refused before it would wait forever (`check_capacity`).
 """
 
 from __future__ import annotations
@@ -65,12 +66,37 @@ def worker_tracking_uri(uri: str) -> str:
 
 
 def check_cluster(trials: list[Trial]) -> None:
-    """Refuse multi-worker trials on a cluster that does not declare the `trial_driver` resource."""
+    """Refuse what this cluster cannot run: multi-worker trials without the `trial_driver` resource, and
+    trials larger than the cluster at its autoscaling maximum."""
     if any(trial.study.resources.workers_per_trial > 1 for trial in trials) and not ray.cluster_resources().get(TRIAL_DRIVER):
         raise ConfigError(
             f"resources.workers_per_trial > 1 needs the custom Ray resource '{TRIAL_DRIVER}' on the cluster: "
             f"start its head with --resources='{{\"{TRIAL_DRIVER}\": 16}}' (cluster/local-up.sh does)"
         )
+    check_capacity(trials, cluster_capacity(), "the Ray cluster (at its autoscaling maximum)")
+
+
+def local_capacity() -> dict[str, float]:
+    """What the local Ray that a sweep starts without RAY_ADDRESS will have: this machine's CPUs and GPUs."""
+    import torch
+    from ray._private.utils import get_num_cpus  # what `ray.init` itself counts (cgroup limits included)
+
+    return {"CPU": get_num_cpus(), "GPU": torch.cuda.device_count()}
+
+
+def check_capacity(trials: list[Trial], capacity: dict[str, float], where: str) -> None:
+    """Refuse a trial whose workers need more CPUs or GPUs than `capacity` holds: Tune would wait for them forever."""
+    for trial in trials:
+        resources = trial.study.resources
+        asked = (("CPU", "cpus_per_worker", resources.cpus_per_worker), ("GPU", "gpus_per_worker", resources.gpus_per_worker))
+        for name, field, each in asked:
+            need = each * resources.workers_per_trial
+            if need > capacity.get(name, 0):
+                raise ConfigError(
+                    f"trial {trial.key}: resources.{field}={each:g} x workers_per_trial={resources.workers_per_trial} needs "
+                    f"{need:g} {name}s; {where} has {capacity.get(name, 0):g}, so the trial would wait forever; lower it"
+                    + (" or set resources.gpus_per_worker=0 to train on CPUs" if name == "GPU" else "")
+                )
 
 
 def max_concurrent_trials(study: Study, trials: list[Trial]) -> int:

@@ -4,19 +4,22 @@
 
 What one invocation does:
 1. pre-flight, before Ray starts or MLflow is written (`preflight`): expands the grid (`trials`),
-   checks each trial's batch arithmetic for its worker count, the models, the data and variants
-   (a simplified definition on a task without labels fails here), the search space and the Ray
-   address;
+   checks everything `itstudy train` checks for each trial (batch arithmetic for its worker
+   count, model, tokenizer and its vocabulary), the data and variants (a simplified definition on
+   a task without labels fails here), each global batch against its training set, the CPUs and
+   GPUs of this machine when the sweep starts its own Ray, and the Ray address (where no Ray
+   answers within seconds, the command stops here);
 2. MLflow (`parent`): one experiment per study (a new SQLite store created under a file lock)
    and one parent run per sweep, named `<study>-<digest8>` and found again by that name,
    holding the experiment file, the config, the trial list and the code version; then the
    sweep's lock (`lock`): a second invocation of a running sweep is refused, naming the holder.
-   Holding it, child runs still RUNNING were left by a killed driver: they are ended FAILED with
+   Holding it, the Ray session starts (`cluster`) and must be able to hold every trial, at its
+   autoscaling maximum, before any run is touched; then child runs still RUNNING were left by a killed driver: they are ended FAILED with
    the reason tagged (a resumed trial reopens its run), and what the metric records hold and
    MLflow lacks is sent (`send_records`, also what `itstudy sync` does);
 3. the model-free baselines, once per test-task set and seed (`itstudy.baseline_run`), children
    of the parent run; the untuned-model baseline runs as a Tune trial beside the training trials;
-4. Ray Tune (`cluster`, `tuning`, `trainable`, `progress`): one Tune experiment named after the
+4. Ray Tune (`tuning`, `trainable`, `progress`): one Tune experiment named after the
    sweep under the storage path. If its folder exists, `Tuner.restore` resumes it: finished
    trials stay finished, interrupted and errored ones continue from their last checkpoint. With
    a search space, each grid point gets its own Optuna search of `search.num_samples` trials;
@@ -46,6 +49,7 @@ from itstudy.sweep.tuning import run_tune, tune_state_name, untuned_trials
 from itstudy.tracking import (
     RunLogger,
     check_tracking,
+    check_writable,
     ensure_experiment,
     experiment_name,
     resolve_tracking_uri,
@@ -62,18 +66,30 @@ def run_sweep(study: Study, experiment_file: Path | None = None) -> SweepResult:
     untuned = untuned_trials(study, trials)
     preflight(study, trials)
     uri = resolve_tracking_uri(study.tracking)
+    check_writable(uri)  # before the lock files beside it
     with store_creation_lock(uri):  # two first runs on a new store must not race its schema migration
         check_tracking(uri)
         experiment_id = ensure_experiment(uri, experiment_name(study))
-    with study_lock(sweep_name(study), uri, lambda: find_parent_run(study, uri, experiment_id)) as found:
+    found_parent = lambda: find_parent_run(study, uri, experiment_id)  # noqa: E731
+    # Ray answers (and the cluster can hold every trial) before any run is touched.
+    with study_lock(sweep_name(study), uri, found_parent) as found, ray_session(uri) as worker_uri:
+        check_cluster(trials)
         # Holding the lock, nothing else runs this sweep: children still RUNNING were left by a killed driver.
         close_orphans(uri, experiment_id, found.run_id, LEFT_BY_DEAD_DRIVER)
         send_records(study, uri, found.run_id, experiment_file)
         parent = open_parent_run(study, found, trials, untuned, uri, experiment_file)
+        context = SweepContext(
+            study=to_plain(study),
+            tracking_uri=worker_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent.run_id,
+            train_storage_path=f"{storage_path(study.tracking.storage_path)}/{tune_state_name(study, parent.run_id)}-train",
+            journal_dir=str(journal_dir(study, parent.run_id)),
+        )
         status = "KILLED"  # unless the sweep ends or fails below: an interrupt or exit
         finished: frozenset[str] = frozenset()
         try:
-            result = _run_trials(study, trials, untuned, uri, experiment_id, parent, experiment_file)
+            result = _run_trials(study, trials, untuned, uri, context, parent, experiment_file)
             finished = frozenset(o.run_id for o in result.outcomes if o.status == "FINISHED" and o.run_id)
             status = "FAILED" if result.failed else "FINISHED"
             return result
@@ -91,7 +107,7 @@ def _run_trials(
     trials: list[Trial],
     untuned: list[Trial],
     uri: str,
-    experiment_id: str,
+    context: SweepContext,
     parent: RunLogger,
     experiment_file: Path | None,
 ) -> SweepResult:
@@ -99,19 +115,9 @@ def _run_trials(
     space = search_space(study)
     baselines = model_free_baselines(study, trials, parent.run_id)
     total = len(trials) * (study.search.num_samples if space else 1) + len(untuned)
-    with ray_session(uri) as worker_uri:
-        check_cluster(trials)
-        context = SweepContext(
-            study=to_plain(study),
-            tracking_uri=worker_uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent.run_id,
-            train_storage_path=f"{storage_path(study.tracking.storage_path)}/{tune_state_name(study, parent.run_id)}-train",
-            journal_dir=str(journal_dir(study, parent.run_id)),
-        )
-        progress = Progress(sweep_name(study), context, parent, total)
-        outcomes = run_tune(study, trials, untuned, space, context, progress)
-    result = summarize(study, experiment_file, uri, experiment_id, parent, outcomes, baselines)
+    progress = Progress(sweep_name(study), context, parent, total)
+    outcomes = run_tune(study, trials, untuned, space, context, progress)
+    result = summarize(study, experiment_file, uri, context.experiment_id, parent, outcomes, baselines)
     print(result.table)
     return result
 

@@ -69,7 +69,9 @@ def say_what_changed(study: Study, uri: str, parent_run_id: str) -> None:
         return
     with tempfile.TemporaryDirectory() as scratch:
         saved = yaml.safe_load(download_artifact(uri, earlier[0].info.run_id, "config.yaml", scratch).read_text())
-    changed = changed_result_keys(saved, to_plain(study)) or ["no key that shapes results (grid, search or baselines only)"]
+    changed = changed_result_keys(saved, to_plain(study)) or [
+        "no key that shapes results (grid, search, baselines, or the data or tokenizer files)"
+    ]
     print(
         f"[{sweep_name(study)}] a new sweep: its config differs from the earlier sweep {earlier[0].info.run_name} "
         f"in {', '.join(changed)}; that sweep's runs stay in MLflow beside this one's"

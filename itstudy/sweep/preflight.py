@@ -1,24 +1,32 @@
 """Pre-flight: everything a sweep refuses before Ray starts or MLflow is written.
 
 Each refusal is a ConfigError naming the field (or the trial) at fault: a RAY_ADDRESS that is a
-job-server URL, a GPU share Ray cannot place safely, a trial whose batch arithmetic does not fit
-its worker count or whose model is unknown, data that cannot be selected, a variant that does not
-fit its tasks (a simplified definition on a task without labels), an unknown search-space type or
-a search over a swept key.
+job-server URL or where no Ray answers (within seconds: `ray.init` would wait forever), a GPU
+share Ray cannot place safely, a trial whose batch arithmetic does not fit its worker count,
+whose model is unknown or whose tokenizer does not load or fit the model (everything `itstudy
+train` checks: `check_run`), data that cannot be selected, a global batch larger than the
+training set, a storage path this user cannot write, a variant that does not fit its tasks (a simplified definition on a task without
+labels), CPUs or GPUs that the local machine does not have (on a cluster, `check_cluster` compares
+with its autoscaling maximum once Ray answers), an unknown search-space type or a search over a
+swept key.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+import ray
 from ray import tune
 
 from itstudy.config import ConfigError, Study, with_overrides
 from itstudy.data import SelectionError, SourceError, SyntheticError, TaskFileError, load_study_data
+from itstudy.paths import storage_path
+from itstudy.sweep.address import check_ray_address
+from itstudy.sweep.cluster import check_capacity, local_capacity
 from itstudy.sweep.trials import Trial
-from itstudy.training.runner import check_run
+from itstudy.training.runner import check_batch_fits, check_run
 from itstudy.variants import VariantError, apply_variant, apply_variant_to_test
 
 SEARCH_TYPES = {
@@ -55,12 +63,7 @@ def search_space(study: Study) -> dict[str, Any] | None:
 
 def preflight(study: Study, trials: list[Trial]) -> None:
     """Refuse what would fail inside Ray, while nothing has started yet."""
-    address = os.environ.get("RAY_ADDRESS", "")
-    if urlparse(address).scheme in ("http", "https"):
-        raise ConfigError(
-            f"RAY_ADDRESS={address} is a job-server address: submit the study with `ray job submit` "
-            f"(cluster/README.md), or unset RAY_ADDRESS to run on a local Ray"
-        )
+    check_ray_address()
     for trial in trials:
         try:
             check_gpu_share(trial.study)
@@ -68,6 +71,22 @@ def preflight(study: Study, trials: list[Trial]) -> None:
         except ConfigError as error:
             raise ConfigError(f"trial {trial.key}: {error}") from None
     check_variants(trials)
+    check_storage(storage_path(study.tracking.storage_path))
+    if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():  # else `check_cluster` asks the cluster
+        check_capacity(trials, local_capacity(), "this machine (no RAY_ADDRESS: a local Ray)")
+
+
+def check_storage(path: str) -> None:
+    """A local storage path (Tune state, checkpoints, metric records) must be writable: Tune would fail deep inside."""
+    if "://" in path:
+        return  # cloud storage: Ray reports its own errors
+    folder = Path(path)
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(
+            f"tracking.storage_path: {existing} is read-only for this user (Ray keeps checkpoints and Tune state in {path}); "
+            f"make it writable or set tracking.storage_path (or $ITSTUDY_HOME) to a writable folder"
+        )
 
 
 def check_gpu_share(study: Study) -> None:
@@ -88,20 +107,28 @@ def check_gpu_share(study: Study) -> None:
 
 
 def check_variants(trials: list[Trial]) -> None:
-    """Load each distinct data selection and apply its variants, so that a misfit fails before Ray starts."""
-    checked = set()
+    """Load each distinct data selection and apply its variants, so that a misfit fails before Ray
+    starts; each trial's global batch must fit in its training set."""
+    train_examples: dict[tuple[str, str], tuple[int, int]] = {}
     for trial in trials:
         study = trial.study
         identity = (study.data.model_dump_json(), study.variant.model_dump_json())
-        if identity in checked:
-            continue
-        checked.add(identity)
+        if identity not in train_examples:
+            train_examples[identity] = _training_set_size(study)
         try:
-            data = load_study_data(study.data, study.seed)
-            for task in data.train:
-                apply_variant(task, study.variant, study.seed)
-            apply_variant_to_test(data.test, study.variant, study.seed)
-        except (SelectionError, SourceError, SyntheticError, TaskFileError) as error:
-            raise ConfigError(f"data: {error}") from None
-        except VariantError as error:
-            raise ConfigError(f"variant: {error}") from None
+            check_batch_fits(study, *train_examples[identity])
+        except ConfigError as error:
+            raise ConfigError(f"trial {trial.key}: {error}") from None
+
+
+def _training_set_size(study: Study) -> tuple[int, int]:
+    """(training examples, training tasks) of the study's selection, its variants applied."""
+    try:
+        data = load_study_data(study.data, study.seed)
+        train = [apply_variant(task, study.variant, study.seed) for task in data.train]
+        apply_variant_to_test(data.test, study.variant, study.seed)
+    except (SelectionError, SourceError, SyntheticError, TaskFileError) as error:
+        raise ConfigError(f"data: {error}") from None
+    except VariantError as error:
+        raise ConfigError(f"variant: {error}") from None
+    return sum(len(task.instances) for task in train), len(train)

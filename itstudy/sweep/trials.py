@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from itstudy.config import DataConfig, ResourcesConfig, Study, TrainConfig, at_grid_point, config_digest, identity_digest
+from itstudy.provenance import inputs_digest
 
 # Axes that every trial key names, whether or not they are swept: what a reader of a run list
 # needs in order to tell trials apart at a glance.
@@ -74,9 +75,9 @@ class Trial:
 
 
 def sweep_name(study: Study) -> str:
-    """The sweep's name: the study name and its identity digest (same config, same sweep; a change of
-    store, resources or description alone resumes it)."""
-    return f"{study.name}-{identity_digest(study)[:8]}"
+    """The sweep's name: the study name and its identity digest (same config and data and tokenizer
+    content, same sweep; a change of store, resources or description alone resumes it)."""
+    return f"{study.name}-{identity_digest(study, inputs_digest(study))[:8]}"
 
 
 def grid_points(study: Study) -> list[dict[str, Any]]:

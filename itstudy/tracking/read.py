@@ -11,10 +11,15 @@ from mlflow.artifacts import download_artifacts
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from itstudy.tracking.runs import search_runs
-from itstudy.tracking.store import TrackingError
+from itstudy.tracking.store import TrackingError, check_readable, store_exists
 
 
 def experiment_id_of(uri: str, name: str) -> str | None:
+    """The id of experiment `name`, None if the store has none (or is an SQLite file not made yet: MLflow
+    would create an empty one); a damaged store or a silent server is one line (`check_readable`)."""
+    if not store_exists(uri):
+        return None
+    check_readable(uri)
     experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
     return experiment.experiment_id if experiment else None
 

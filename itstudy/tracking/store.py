@@ -4,13 +4,20 @@ The URI of a study is tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else an 
 `itstudy_home()`. Refused: `file:` stores and bare paths (each Ray worker would resolve its own
 ./mlruns) and relative SQLite paths (each worker would open a different file). `check_tracking`
 is the one place where a tracking problem may stop the work, at driver and worker start, instead
-of a worker silently writing to ./mlruns (ray#36257).
+of a worker silently writing to ./mlruns (ray#36257): a store folder that is read-only, an
+`mlflow.db` that is cut short or not a database, a server that does not answer within seconds
+(MLflow's own client retries for minutes) are each one line naming the file or URI and the fix.
+Reading a study (`itstudy.tracking.read`, hence `itstudy report`) and `itstudy ui` ask
+`check_readable` instead, which also refuses an SQLite file that does not exist (MLflow would
+create an empty one).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -84,8 +91,7 @@ def study_store(study_or_experiment: str | None, tracking_uri: str | None = None
     target = study_or_experiment or ""
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         study = load_study(target)
-        uri = resolve_tracking_uri(override or study.tracking)
-        return StudyStore(uri, experiment_name(study), config_digest(study))
+        return StudyStore(resolve_tracking_uri(override or study.tracking), experiment_name(study), config_digest(study))
     return StudyStore(resolve_tracking_uri(override or TrackingConfig()), target, None)
 
 
@@ -135,16 +141,74 @@ def check_tracking(uri: str) -> None:
                 f"an SQLite store is only reachable on the machine that holds it, use an `mlflow server` "
                 f"for multi-node clusters"
             )
-    elif uri.startswith(("http://", "https://")):
-        _probe_server(uri)
+        check_writable(uri)
+        _check_sqlite_file(path)
+    check_server(uri)
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as error:  # any failure here means the store is unusable; say which and why
-        raise TrackingError(f"tracking URI {uri!r}: the store does not answer MLflow requests: {error}") from None
+        reason = _first_line(error)
+        hint = f"; free space on the disk of {_sqlite_path(uri).parent} and rerun" if "full" in reason and _is_sqlite(uri) else ""
+        raise TrackingError(f"tracking URI {uri!r}: the store does not answer MLflow requests: {reason}{hint}") from None
 
 
-def _probe_server(uri: str) -> None:
-    # A direct request with a short timeout: MLflow's own client would retry for minutes first.
+def check_readable(uri: str) -> None:
+    """Raise TrackingError unless `uri` names an existing store that answers within seconds (for commands that read)."""
+    if _is_sqlite(uri):
+        path = _sqlite_path(uri)
+        if not store_exists(uri):
+            raise TrackingError(
+                f"tracking store {path} does not exist: run the study first (itstudy run EXPERIMENT.yaml), or name its "
+                f"store with --tracking-uri, $MLFLOW_TRACKING_URI or $ITSTUDY_HOME"
+            )
+        _check_sqlite_file(path)
+    check_server(uri)
+
+
+def store_exists(uri: str) -> bool:
+    """False only for an SQLite store whose file is not made yet (a server's store is the server's)."""
+    return not _is_sqlite(uri) or _sqlite_path(uri).is_file()
+
+
+def check_writable(uri: str) -> None:
+    """For an SQLite store, that this user may write its folder and file (checked before any lock file is made there)."""
+    if not _is_sqlite(uri):
+        return
+    path = _sqlite_path(uri)
+    # SQLite writes a journal beside the file: the folder must be writable too (os.access also sees a read-only mount).
+    for target in (path.parent, path):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise TrackingError(
+                f"tracking store {path}: {target} is read-only for this user; make it writable, or move the study "
+                f"to a writable folder ($ITSTUDY_HOME, or tracking.tracking_uri=sqlite:////PATH/mlflow.db)"
+            )
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """A cut-short or overwritten mlflow.db fails later, deep in MLflow, without its name: ask SQLite first."""
+    if not path.is_file():
+        return  # a new store: MLflow creates it
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as connection:
+            verdict = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.Error as error:
+        verdict = str(error)
+    if verdict != "ok":
+        raise TrackingError(
+            f"tracking store {path} is damaged ({verdict}): restore it from a backup, or move it away to start a new "
+            f"store (its runs are lost to MLflow; metric records and checkpoints stay under {path.parent})"
+        )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def check_server(uri: str) -> None:
+    """For a tracking server, that it answers /health within seconds (MLflow's own client would retry for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
     except requests.RequestException as error:

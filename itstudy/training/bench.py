@@ -34,7 +34,6 @@ runs on a GPU box that has no Ray, MLflow, datasets or rouge-score.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -51,7 +50,8 @@ import torch
 import transformers
 
 from itstudy.training.engine import Seq2SeqExample, StepPlan, collate, make_optimizer, make_scheduler, train_step
-from itstudy.training.models import NAMED_SHAPES, compute_dtype, new_t5, parameter_counts, t5_config
+from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
+from itstudy.training.models import compute_dtype, new_t5, parameter_counts, t5_config
 from itstudy.training.prompt_lengths import LENGTHS_FILE, examples_with_prompt_lengths, load_length_profile, write_length_profile
 
 GPU_BF16_PEAK_FLOPS = 790e12  # an 8192^3 bf16 matmul, measured on H100 and on H200
@@ -239,7 +239,7 @@ def bench_train(args) -> dict:
         torch.set_num_threads(args.threads)
     dtype = compute_dtype(args.precision, device)
     config = t5_config(args.shape)
-    profile = load_length_profile(Path(args.lengths))
+    profile = load_length_profile(Path(args.lengths or LENGTHS_FILE))
     global_batch = args.batch * args.accumulation
     examples = examples_with_prompt_lengths(
         profile, global_batch * args.steps, args.max_source, args.max_target, config.vocab_size, args.seed
@@ -324,36 +324,15 @@ def print_report(report: dict) -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="itstudy bench", description="Benchmarks (see itstudy/training/bench.py).")
-    commands = parser.add_subparsers(dest="what", required=True)
-    train = commands.add_parser("train", help="training throughput: ours vs Seq2SeqTrainer")
-    train.add_argument("--shape", choices=list(NAMED_SHAPES), default="t5-small")
-    train.add_argument("--max-source", type=int, default=1024, help="source tokens kept (default 1024)")
-    train.add_argument("--max-target", type=int, default=128, help="target tokens kept (default 128)")
-    train.add_argument("--batch", type=int, default=8, help="sequences per forward pass")
-    train.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimiser step")
-    train.add_argument("--steps", type=int, default=20, help="optimiser steps (one epoch of steps x global batch examples)")
-    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, help="CPU threads for both sides (default: torch's)")
-    train.add_argument("--repeats", type=int, default=1, help="alternate the sides this many rounds; report medians")
-    train.add_argument("--lengths", default=str(LENGTHS_FILE), help="length profile JSON")
-    train.add_argument("--no-hf", action="store_true", help="measure ours only")
-    train.add_argument("--hf-group-by-length", action="store_true", help="also run Seq2SeqTrainer with group_by_length")
-    train.add_argument("--out", help="write the results as JSON here")
-    profile = commands.add_parser("profile", help="measure SuperNI prompt lengths into the profile file")
-    profile.add_argument("--max-source", type=int, default=1024)
-    profile.add_argument("--max-target", type=int, default=128)
-    profile.add_argument("--out", default=str(LENGTHS_FILE))
-    return parser
-
-
 def bench_command(argv: list[str]) -> dict | None:
-    """`itstudy bench ...`: parse `argv` (what follows 'bench'), run, print; returns the train report."""
-    args = build_parser().parse_args(argv)
+    """`itstudy bench ...`: parse and check `argv` (what follows 'bench'), run, print; returns the train report."""
+    return run_bench(parse_bench_args(argv))
+
+
+def run_bench(args) -> dict | None:
+    """Run what `parse_bench_args` returned and print it; returns the train report."""
     if args.what == "profile":
-        write_length_profile(Path(args.out), args.max_source, args.max_target)
+        write_length_profile(Path(args.out or LENGTHS_FILE), args.max_source, args.max_target)
         return None
     report = bench_train(args)
     print_report(report)
@@ -363,4 +342,7 @@ def bench_command(argv: list[str]) -> dict | None:
 
 
 if __name__ == "__main__":
-    bench_command(sys.argv[1:])
+    try:
+        bench_command(sys.argv[1:])
+    except BenchArgumentError as error:
+        sys.exit(f"itstudy: {error}")

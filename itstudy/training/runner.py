@@ -4,10 +4,12 @@
     train_command(study)                  # the same, printing the final metrics and the MLflow run id
 
 The driver does, in this order, and refuses bad settings before any Ray resource is taken:
-1. `check_run`: global batch divisible by workers x per-device batch, the model name known (a
-   named shape, a folder, or a hub id reachable offline), a tokenizer that fits the model; then
-   the tracking store must answer (`check_tracking`);
-2. `prepare_job`: data -> variant -> prompts -> token ids, once (`itstudy.training.prepare`);
+1. `check_ray_address` (a RAY_ADDRESS that answers within seconds) and `check_run`: global batch
+   divisible by workers x per-device batch, the model name known (a named shape, a folder, or a
+   hub id reachable offline), a tokenizer that loads and fits the model's vocabulary; then the
+   tracking store must answer (`check_tracking`);
+2. `prepare_job`: data -> variant -> prompts -> token ids, once (`itstudy.training.prepare`); a
+   global batch larger than the training set is refused (`check_batch_fits`);
 3. MLflow: the experiment, and one run found by the config's run name or created here, tagged
    as a trial at an empty grid point (`itstudy.sweep.trials.Trial.tags`); every worker receives
    its id (rank 0 logs into it through its reporter; workers never create runs). Rerunning the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray
 import ray.train
@@ -47,10 +50,18 @@ from itstudy.tracking import (
     resolve_tracking_uri,
     worker_env,
 )
+from itstudy.provenance import inputs_digest
+from itstudy.sweep.address import check_ray_address
 from itstudy.sweep.trials import make_trial
 from itstudy.training.engine import batches_per_epoch
 from itstudy.training.loop import WorkerJob, run_worker
-from itstudy.training.models import ModelSpecError, check_model_available, is_named_shape
+from itstudy.training.models import (
+    ModelSpecError,
+    check_model_available,
+    is_named_shape,
+    load_tokenizer,
+    t5_tokenizer_location,
+)
 from itstudy.training.prepare import prepare_run
 from itstudy.training.reporter import RayTrainReporter
 
@@ -83,23 +94,82 @@ def check_run(study: Study, world_size: int) -> None:
             f"model.tokenizer: 'bpe' trains a new vocabulary, which a pretrained model ({study.model.name!r}) "
             f"cannot read; use its own tokenizer (e.g. model.tokenizer={study.model.name})"
         )
+    check_tokenizer(study)
+
+
+T5_PIECES = 32000
+"""SentencePiece pieces of T5's spiece.model; with 100 sentinels 32100 tokens, padded to 32128 embedding rows."""
+
+
+def check_tokenizer(study: Study) -> None:
+    """The tokenizer loads and its vocabulary fits the model's.
+
+    A cut or replaced `spiece.model` may still load, with a few hundred pieces: a named shape would
+    then be sized to it and train without complaint on a different vocabulary, so the T5
+    vocabulary must be whole. A pretrained model needs an embedding row for every token.
+    """
+    spec = study.model.tokenizer
+    if spec == "bpe":
+        return  # trained on the run's own texts, and the named shape is sized to it
+    if spec == "t5" and (Path(t5_tokenizer_location()) / "spiece.model").is_file():
+        _check_t5_vocabulary(Path(t5_tokenizer_location()) / "spiece.model")  # read directly: 0.1 s, not a 6 s conversion
+        tokens = T5_PIECES + 100
+    else:
+        try:
+            tokens = len(load_tokenizer(spec))
+        except ModelSpecError as error:
+            raise ConfigError(f"model.tokenizer: {error}") from None
+    if is_named_shape(study.model.name):
+        return  # built with an embedding row for every token
+    rows = _pretrained_vocab_size(study.model.name)
+    if tokens > rows:
+        raise ConfigError(
+            f"model.tokenizer: {spec!r} has {tokens} tokens, more than the {rows} embedding rows of model "
+            f"{study.model.name!r}; use the model's own tokenizer"
+        )
+
+
+def _check_t5_vocabulary(model_file: Path) -> None:
+    import sentencepiece
+
+    try:
+        pieces = sentencepiece.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+    except (OSError, RuntimeError) as error:
+        raise ConfigError(f"model.tokenizer: t5: {model_file} is not a SentencePiece model ({str(error).splitlines()[0]})") from None
+    if pieces != T5_PIECES:
+        raise ConfigError(
+            f"model.tokenizer: t5: {model_file} holds {pieces} pieces, T5's vocabulary has {T5_PIECES}: the file is cut "
+            f"short or another vocabulary; restore T5's spiece.model (${paths.T5_TOKENIZER_ENV})"
+        )
+
+
+def _pretrained_vocab_size(name: str) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name).vocab_size
+
+
+def check_batch_fits(study: Study, train_examples: int, train_tasks: int) -> None:
+    """Refuse a global batch larger than the training set: an epoch would hold no step."""
+    if batches_per_epoch(train_examples, study.train.global_batch_size) == 0:
+        raise ConfigError(
+            f"train.global_batch_size={study.train.global_batch_size} exceeds the {train_examples} training "
+            f"examples ({train_tasks} tasks x data.instances_per_task); lower it or add data"
+        )
 
 
 def prepare_job(study: Study, run_id: str | None = None, tracking_uri: str | None = None) -> WorkerJob:
     """Check the study and build what every worker receives: data, tokenizer, run id."""
     check_run(study, study.resources.workers_per_trial)
     tokenizer, data = prepare_run(study)
-    if batches_per_epoch(len(data.train), study.train.global_batch_size) == 0:
-        raise ConfigError(
-            f"train.global_batch_size={study.train.global_batch_size} exceeds the {len(data.train)} training "
-            f"examples ({len(data.train_tasks)} tasks x data.instances_per_task); lower it or add data"
-        )
+    check_batch_fits(study, len(data.train), len(data.train_tasks))
     return WorkerJob(study=study, data=data, tokenizer=tokenizer, run_id=run_id, tracking_uri=tracking_uri)
 
 
 def run_name(study: Study) -> str:
-    """Deterministic from the config: the same command resumes the same Ray run and MLflow run."""
-    return f"{study.name}-train-{identity_digest(study)}"
+    """Deterministic from the config and the content of the data and tokenizer: the same command resumes
+    the same Ray run and MLflow run, unless the data or tokenizer changed since."""
+    return f"{study.name}-train-{identity_digest(study, inputs_digest(study))}"
 
 
 # --- Ray Train -----------------------------------------------------------------------------------
@@ -161,7 +231,8 @@ def _mlflow_run(uri: str, study: Study, name: str) -> str:
 
 def run_training(study: Study) -> TrainingResult:
     """Check, prepare, create the MLflow run, train on a TorchTrainer, end the run."""
-    check_run(study, study.resources.workers_per_trial)  # instant; before the tracking store is touched
+    check_ray_address()  # seconds at most; before the tracking store is touched
+    check_run(study, study.resources.workers_per_trial)
     uri = resolve_tracking_uri(study.tracking)
     check_tracking(uri)
     job = prepare_job(study, tracking_uri=uri)
