@@ -303,7 +303,7 @@ def test_a_changed_tokenizer_or_task_file_names_a_new_sweep_and_train_run(supern
     shutil.copytree(superni_dir, data)
     monkeypatch.setenv("ITSTUDY_T5_TOKENIZER", str(tokenizer))
     monkeypatch.setenv("ITSTUDY_SUPERNI_DIR", str(data))
-    overrides = ["data.source=superni", "model.tokenizer=t5", "data.max_train_tasks=2"]
+    overrides = ["data.source=superni", "model.tokenizer=t5", "data.num_train_tasks=2"]
     names = lambda: (sweep_name(load_study(TRAIN_TINY, overrides)), run_name(load_study(TRAIN_TINY, overrides)))  # noqa: E731
     first = names()
     assert names() == first, "same config and files: the rerun resumes"

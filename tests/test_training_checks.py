@@ -94,7 +94,7 @@ def _preflight_refuses(*overrides: str) -> str:
 
 def test_a_global_batch_larger_than_the_data_is_refused_by_run_too():
     # `train` refuses it too (test_a_global_batch_larger_than_the_training_set_is_refused)
-    message = _preflight_refuses("data.instances_per_task=1", "data.max_train_tasks=2", "train.global_batch_size=8")
+    message = _preflight_refuses("data.instances_per_task=1", "data.num_train_tasks=2", "train.global_batch_size=8")
     assert "exceeds the 2 training examples" in message
 
 
