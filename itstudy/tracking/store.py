@@ -9,6 +9,7 @@ of a worker silently writing to ./mlruns (ray#36257).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -186,8 +187,44 @@ def experiment_name(study: Study) -> str:
     return study.tracking.experiment or study.name
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""The tag the MLflow 3 UI reads to open an experiment on its training runs table ("Machine learning"),
+not on GenAI traces (values from the UI bundle's experiment-kind enum)."""
+COMPARISON_VIEW = "comparison"
+"""The key of the saved runs-table view (`#/experiments/ID/runs?viewStateShareKey=comparison`)."""
+COMPARISON_COLUMNS = [
+    "tags.`itstudy.variant`",
+    "tags.`itstudy.instances_per_task`",
+    "tags.`itstudy.seed`",
+    "tags.`itstudy.model`",
+    "metrics.`exact_match`",
+    "metrics.`rank_exact_match`",
+    "metrics.`label_space_rate`",
+    "metrics.`rougeL`",
+    "attributes.`Duration`",
+]
+"""The runs table's columns in the comparison view, as the UI names them: the type, then the key in backticks."""
+
+
+def comparison_view_state() -> str:
+    """The saved runs-table view, as the MLflow UI reads a shared view from `mlflow.sharedViewState.<key>`:
+    trials and baselines side by side (the sweep runs filtered out, so nothing is nested under a
+    collapsed parent), the comparison columns shown, whole run names, every run in the charts."""
+    return json.dumps(
+        {
+            "searchFilter": "tags.`itstudy.kind` != 'sweep'",
+            "orderByKey": "attributes.run_name",
+            "orderByAsc": True,
+            "selectedColumns": COMPARISON_COLUMNS,
+            "columnWidths": {"tags.`mlflow.runName`": 340},
+            "runsHiddenMode": "SHOW_ALL",
+        }
+    )
+
+
 def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment `name`, created with an absolute artifact root if missing.
+    """The id of experiment `name`, created with an absolute artifact root if missing, tagged as model
+    training and holding the comparison view (`COMPARISON_VIEW`).
 
     Safe when several processes race to create it: the loser re-reads the winner's experiment.
     """
@@ -195,7 +232,8 @@ def ensure_experiment(uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_root(uri))
+            experiment_id = client.create_experiment(name, artifact_location=artifact_root(uri))
+            experiment = client.get_experiment(experiment_id)
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -205,4 +243,8 @@ def ensure_experiment(uri: str, name: str) -> str:
             f"MLflow experiment {name!r} at {uri} is deleted; restore it "
             f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or set tracking.experiment"
         )
+    tags = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{COMPARISON_VIEW}": comparison_view_state()}
+    for key, value in tags.items():
+        if experiment.tags.get(key) != value:  # set once per store, not on every call
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
