@@ -15,7 +15,7 @@ from itstudy.metrics import METRICS, in_pooled_figures, reported_task_name
 from itstudy.sweep.outcomes import SweepResult, TrialOutcome
 from itstudy.sweep.table import FORMAT_METRICS, Row, format_table
 from itstudy.sweep.trials import sweep_name
-from itstudy.tracking import COMPARISON_VIEW, RunLogger, experiment_name, find_runs
+from itstudy.tracking import RunLogger, comparison_view_link, experiment_name, find_runs
 
 TIMING = ("prepare_s", "train_loop_s", "train_fit_s")
 """Seconds a trial reports for its data preparation and its training loop (or TorchTrainer fit)."""
@@ -156,7 +156,7 @@ def where_to_look(
     """The MLflow run to open, and what to do about failed trials."""
     failed = [outcome.key for outcome in outcomes if outcome.status != "FINISHED"]
     lines = [f"MLflow: {uri}, experiment '{experiment_name(study)}' (id {experiment_id}), sweep run {parent_run_id}"]
-    view = f"#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_VIEW}"
+    view = comparison_view_link(experiment_id)
     if uri.startswith(("http://", "https://")):
         lines.append(f"Open: {uri.rstrip('/')}/{view}   (the sweep run: #/experiments/{experiment_id}/runs/{parent_run_id})")
     else:

@@ -188,10 +188,12 @@ def experiment_name(study: Study) -> str:
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-"""The tag the MLflow 3 UI reads to open an experiment on its training runs table ("Machine learning"),
-not on GenAI traces (values from the UI bundle's experiment-kind enum)."""
+"""The tag with which MLflow 3 UIs open an experiment on its training runs, not on GenAI traces (values
+from the UI bundle's experiment-kind enum). The 3.17 UI reads it only with its GenAI / Model training
+switch off; with the switch on (its default), the mode comes from the browser or the link's
+`workflowType=machine_learning` (`comparison_view_link`)."""
 COMPARISON_VIEW = "comparison"
-"""The key of the saved runs-table view (`#/experiments/ID/runs?viewStateShareKey=comparison`)."""
+"""The key of the saved runs-table view (`comparison_view_link`)."""
 COMPARISON_COLUMNS = [
     "tags.`itstudy.variant`",
     "tags.`itstudy.instances_per_task`",
@@ -201,9 +203,10 @@ COMPARISON_COLUMNS = [
     "metrics.`rank_exact_match`",
     "metrics.`label_space_rate`",
     "metrics.`rougeL`",
-    "attributes.`Duration`",
 ]
 """The runs table's columns in the comparison view, as the UI names them: the type, then the key in backticks."""
+
+RUN_NAME_COLUMN = "attributes.`Run Name`"
 
 
 def comparison_view_state() -> str:
@@ -213,13 +216,20 @@ def comparison_view_state() -> str:
     return json.dumps(
         {
             "searchFilter": "tags.`itstudy.kind` != 'sweep'",
-            "orderByKey": "attributes.run_name",
+            "orderByKey": "tags.`mlflow.runName`",
             "orderByAsc": True,
             "selectedColumns": COMPARISON_COLUMNS,
-            "columnWidths": {"tags.`mlflow.runName`": 340},
+            # The UI applies widths only to columns in columnOrder.
+            "columnOrder": [RUN_NAME_COLUMN, *COMPARISON_COLUMNS],
+            "columnWidths": {RUN_NAME_COLUMN: 330, "tags.`itstudy.variant`": 220, **dict.fromkeys(COMPARISON_COLUMNS[1:], 120)},
             "runsHiddenMode": "SHOW_ALL",
         }
     )
+
+
+def comparison_view_link(experiment_id: str) -> str:
+    """The UI address (after the host) of an experiment's comparison view, in the Model training mode."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_VIEW}&workflowType=machine_learning"
 
 
 def ensure_experiment(uri: str, name: str) -> str:
