@@ -254,6 +254,21 @@ def test_artifacts_predictions_and_dataset_lineage(sqlite_uri, tmp_path):
     assert source == {"source": "superni:/data@ae457ac", "digest": digest, "instances": "3"}
 
 
+def test_a_model_folder_is_logged_and_registered_as_a_version_of_the_study_model(sqlite_uri, tmp_path):
+    folder = tmp_path / "final"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "spiece.model").write_bytes(b"vocabulary")
+    run_id = _new_run(sqlite_uri, "models")
+    RunLogger(sqlite_uri, run_id).log_model(folder, "demo")
+    RunLogger(sqlite_uri, _new_run(sqlite_uri, "models")).log_model(folder, "demo")  # a second version
+
+    assert sorted(list_artifacts(sqlite_uri, run_id, "model")) == ["model/config.json", "model/spiece.model"]
+    versions = MlflowClient(sqlite_uri).search_model_versions("name = 'demo'")
+    assert len(versions) == 2 and run_id in {version.run_id for version in versions}
+    assert all(version.source.endswith("/model") for version in versions)
+
+
 def test_a_failing_block_marks_the_run_failed_with_its_error(sqlite_uri, tmp_path):
     run_id = _new_run(sqlite_uri, "failure")
     with pytest.raises(ZeroDivisionError):

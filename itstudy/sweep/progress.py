@@ -95,12 +95,12 @@ class Progress(tune.Callback):
         if key in self.started:
             self.windows[key] = (self.started.pop(key), time.monotonic() - self.began)
 
-    def _update(self, trials, event: str | None, trial, state: str) -> None:
+    def _update(self, trials, event: str | None, trial, status: str) -> None:
         # Tune sets a trial's status before or after the callback depending on the event (a starting
         # trial is still PENDING): take every trial's status from the list, the event's own from the event.
         for other in trials:
             self.status[self._key(other)] = other.status
-        self.status[self._key(trial)] = state
+        self.status[self._key(trial)] = status
         counts = {state: sum(value == state for value in self.status.values()) for state in ("TERMINATED", "RUNNING", "ERROR")}
         line = f"{counts['TERMINATED']}/{self.total} done, {counts['RUNNING']} running, {counts['ERROR']} failed"
         if event:
