@@ -207,6 +207,7 @@ COMPARISON_COLUMNS = [
 """The runs table's columns in the comparison view, as the UI names them: the type, then the key in backticks."""
 
 RUN_NAME_COLUMN = "attributes.`Run Name`"
+"""The UI's id of the run-name column (widened in the comparison view, so that names read whole)."""
 
 
 def comparison_view_state() -> str:
