@@ -23,7 +23,14 @@ import pandas as pd
 import yaml
 
 from itstudy.config import ConfigError
-from itstudy.tracking import PER_TASK_PREFIX, download_artifact, experiment_id_of, list_artifacts, load_runs, run_dataset_digests
+from itstudy.tracking import (
+    PER_TASK_PREFIX,
+    download_artifact,
+    experiment_id_of,
+    list_artifacts,
+    load_runs,
+    run_dataset_digests,
+)
 
 TRIAL, BASELINE = "trial", "baseline"
 FINISHED = "FINISHED"
@@ -202,7 +209,8 @@ def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
             continue
         frame = tasks.assign(**run.to_dict())
         for metric in (*SCORES, *PROBES):
-            frame[metric] = pd.to_numeric([metrics.get(f"metrics.{PER_TASK_PREFIX}{metric}_for_{task}") for task in tasks["task"]])
+            names = [f"metrics.{PER_TASK_PREFIX}{metric}_for_{task}" for task in tasks["task"]]
+            frame[metric] = pd.to_numeric([metrics.get(name) for name in names])
         if frame["pair_rule_chance"].isna().all():
             chance = float(metrics.get("metrics.pair_rule_chance", float("nan")))
             frame["pair_rule_chance"] = frame["pair_rule_accuracy"].where(frame["pair_rule_accuracy"].isna(), chance)

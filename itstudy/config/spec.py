@@ -289,7 +289,7 @@ class TrackingConfig(Spec):
     system_metrics: bool = True
     """Log MLflow's system metrics (CPU, memory, disk, network, GPU; `system/...`) every 10 s on training runs."""
     log_model: bool = False
-    """Log each training run's final model and tokenizer (`model/`) and register it as a version of the model named after the study."""
+    """Log each training run's final model and tokenizer (`model/`), registered as a version of the study's model."""
 
     _paths = field_validator("storage_path", mode="before")(_lenient_path)
 

@@ -1,10 +1,10 @@
 """The sweep's MLflow parent run: found (or created), opened, its model-free baselines, its orphans closed.
 
-One parent run per sweep, named `<study> sweep <digest8>` and found again by its tag `itstudy.sweep`
-(`<study>-<digest8>`), so a rerun of the same command continues it. It holds the experiment file, the config, the trial list and the
-code version; every trial and baseline is one of its child runs. A child run is never left
-RUNNING: one that a killed driver or trial left so is ended FAILED with the reason in the tag
-`itstudy.failure_reason` (a resumed trial reopens it).
+One parent run per sweep, named `<study> sweep <digest8>` and found again by its tag
+`itstudy.sweep` (`<study>-<digest8>`), so a rerun of the same command continues it. It holds the
+experiment file, the config, the trial list and the code version; every trial and baseline is one
+of its child runs. A child run is never left RUNNING: one that a killed driver or trial left so is
+ended FAILED with the reason in the tag `itstudy.failure_reason` (a resumed trial reopens it).
 """
 
 from __future__ import annotations

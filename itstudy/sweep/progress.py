@@ -81,7 +81,8 @@ class Progress(tune.Callback):
     def show_running(self) -> None:
         """One line per running child run whose progress moved since it was last printed."""
         try:
-            running = find_runs(self.parent.uri, self.context.experiment_id, {"mlflow.parentRunId": self.parent.run_id}, "RUNNING")
+            children = {"mlflow.parentRunId": self.parent.run_id}
+            running = find_runs(self.parent.uri, self.context.experiment_id, children, status="RUNNING")
         except Exception as error:  # the store is down: the trials keep their records; the view waits
             log.debug("progress not read from MLflow: %s", error)
             return

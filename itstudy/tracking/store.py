@@ -222,7 +222,11 @@ def comparison_view_state() -> str:
             "selectedColumns": COMPARISON_COLUMNS,
             # The UI applies widths only to columns in columnOrder.
             "columnOrder": [RUN_NAME_COLUMN, *COMPARISON_COLUMNS],
-            "columnWidths": {RUN_NAME_COLUMN: 330, "tags.`itstudy.variant`": 220, **dict.fromkeys(COMPARISON_COLUMNS[1:], 120)},
+            "columnWidths": {
+                RUN_NAME_COLUMN: 330,
+                "tags.`itstudy.variant`": 220,
+                **dict.fromkeys(COMPARISON_COLUMNS[1:], 120),
+            },
             "runsHiddenMode": "SHOW_ALL",
         }
     )
