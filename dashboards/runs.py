@@ -23,7 +23,14 @@ import pandas as pd
 import yaml
 
 from itstudy.config import ConfigError
-from itstudy.tracking import download_artifact, experiment_id_of, list_artifacts, load_runs, run_dataset_digests
+from itstudy.tracking import (
+    PER_TASK_PREFIX,
+    download_artifact,
+    experiment_id_of,
+    list_artifacts,
+    load_runs,
+    run_dataset_digests,
+)
 
 TRIAL, BASELINE = "trial", "baseline"
 FINISHED = "FINISHED"
@@ -183,7 +190,7 @@ def _deduplicate(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 
 def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
-    """Per-task SCORES and PROBES of every finished run, read from its `<metric>_for_<task>` metrics.
+    """Per-task SCORES and PROBES of every finished run, read from its `per_task/<metric>_for_<task>` metrics.
 
     Categories are logged under the same `_for_` prefix, so the task list comes from the run's
     task_metrics.csv; it is read once per distinct set of metric names (usually once per study).
@@ -202,7 +209,8 @@ def _scores(study: StudyRuns, members: pd.DataFrame) -> pd.DataFrame:
             continue
         frame = tasks.assign(**run.to_dict())
         for metric in (*SCORES, *PROBES):
-            frame[metric] = pd.to_numeric([metrics.get(f"metrics.{metric}_for_{task}") for task in tasks["task"]])
+            names = [f"metrics.{PER_TASK_PREFIX}{metric}_for_{task}" for task in tasks["task"]]
+            frame[metric] = pd.to_numeric([metrics.get(name) for name in names])
         if frame["pair_rule_chance"].isna().all():
             chance = float(metrics.get("metrics.pair_rule_chance", float("nan")))
             frame["pair_rule_chance"] = frame["pair_rule_accuracy"].where(frame["pair_rule_accuracy"].isna(), chance)
@@ -256,7 +264,7 @@ def _never_started(study: StudyRuns) -> list[str]:
         study.notes.append("The sweep run has no trials.yaml: runs that never started cannot be listed.")
         return []
     planned = [entry["key"] for entry in yaml.safe_load(path.read_text()) or []]
-    started = set(study.runs["name"])
+    started = set(_tag(study.runs, "itstudy.trial_key"))  # run names are for reading; keys identify
     return [key for key in planned if key not in started]
 
 

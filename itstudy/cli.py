@@ -15,12 +15,15 @@ Each command loads its study before importing what it runs (Ray, MLflow, torch),
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import get_args
 
 from itstudy.config import ModelFreeBaselineName, load_study
+from itstudy.console import quiet
 from itstudy.errors import UserError
+from itstudy.paths import VERBOSE_ENV
 from itstudy.sweep.address import check_ray_address
 
 
@@ -97,6 +100,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="itstudy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="show everything Ray, Tune and MLflow print")
     commands = parser.add_subparsers(dest="command", required=True)
 
     overrides_help = "config overrides, e.g. train.learning_rate=1e-4 data.instances_per_task=10"
@@ -143,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet()  # before any command imports Ray, Tune or MLflow
     try:
         return args.func(args) or 0
     except UserError as error:

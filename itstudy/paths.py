@@ -21,6 +21,8 @@ GIT_COMMIT_ENV = "ITSTUDY_GIT_COMMIT"
 """The code's commit, for jobs whose working directory is not a git checkout (`ray job submit`)."""
 GIT_DIRTY_ENV = "ITSTUDY_GIT_DIRTY"
 """Whether that checkout had uncommitted changes."""
+VERBOSE_ENV = "ITSTUDY_VERBOSE"
+"""1: Ray, Tune and MLflow print everything they would (`itstudy --verbose`); default: what a user can act on."""
 
 WORKER_ENV_VARIABLES = (HOME_ENV, CACHE_ENV, SUPERNI_DIR_ENV, T5_TOKENIZER_ENV, "HF_HUB_OFFLINE")
 """Forwarded to every Ray worker, so that workers read the same data, tokenizer and store as the driver."""

@@ -30,7 +30,7 @@ import requests
 
 from itstudy.config import ConfigError
 from itstudy.errors import UserError
-from itstudy.tracking import artifact_root, check_readable, study_store
+from itstudy.tracking import artifact_root, check_readable, comparison_view_link, experiment_id_of, study_store
 
 READY_TIMEOUT_S = 90.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -126,7 +126,10 @@ def ui_command(study_or_experiment: str | None = None, port: int = 5000, host: s
     check_port_free(host, port)
     check_readable(store.tracking_uri)
     where = f"experiment '{store.experiment}'" if store.experiment else "every experiment"
-    print(f"MLflow UI on {store.tracking_uri} ({where}): http://{host}:{port}")
+    experiment_id = experiment_id_of(store.tracking_uri, store.experiment) if store.experiment else None
+    # MLflow 3.17 picks its GenAI or Model-training mode from the address: open the study's comparison view.
+    page = comparison_view_link(experiment_id) if experiment_id else ""
+    print(f"MLflow UI on {store.tracking_uri} ({where}): http://{host}:{port}/{page}")
     if host in LOOPBACK:
         print(f"From another machine: ssh -L {port}:127.0.0.1:{port} THIS_HOST, then open http://127.0.0.1:{port}")
     else:

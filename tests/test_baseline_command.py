@@ -94,7 +94,7 @@ def test_every_baseline_and_seed_is_one_finished_mlflow_run(results, test_tasks,
         assert tags["itstudy.seed"] == str(record.seed)
         assert run.data.params["data.test_task_kind"] == "classification"
         assert run.data.params["label_space.sources"].startswith('["rule:labels_in_definition(max_labels=10)')
-        assert all(f"exact_match_for_{task.name}" in run.data.metrics for task in test_tasks)
+        assert all(f"per_task/exact_match_for_{task.name}" in run.data.metrics for task in test_tasks)
         assert run.inputs.dataset_inputs[0].dataset.digest == results.data_key[:36]
 
     random_seed_2 = _record(results, "random", 2)

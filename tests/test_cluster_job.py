@@ -138,7 +138,7 @@ def test_a_study_submitted_as_a_ray_job_lands_in_mlflow(local_cluster, tmp_path)
     runs = load_runs(uri, "demo")
     assert set(runs["status"]) == {"FINISHED"}  # nothing left RUNNING
     parent = runs[runs["tags.itstudy.kind"] == "sweep"]
-    assert list(parent["name"]) == [sweep_name(study)]
+    assert list(parent["tags.itstudy.sweep"]) == [sweep_name(study)]
     parent_id = parent["run_id"].iloc[0]
     assert {"config.yaml", "trials.yaml", "trials.csv", "comparison.txt", "experiment"} <= set(list_artifacts(uri, parent_id))
     assert parent["params.env.git_commit"].iloc[0] == commit  # the code version, though .git stays behind

@@ -49,9 +49,9 @@ def _new_run(uri: str, name: str) -> str:
 
 
 def _history(uri: str, run_id: str) -> collections.Counter:
-    """How many values MLflow holds per (key, step) of a run."""
+    """How many values MLflow holds per (key, step) of a run (system metrics aside: they are time samples)."""
     client = MlflowClient(tracking_uri=uri)
-    keys = client.get_run(run_id).data.metrics
+    keys = [key for key in client.get_run(run_id).data.metrics if not key.startswith("system/")]
     return collections.Counter((m.key, m.step) for key in keys for m in client.get_metric_history(run_id, key))
 
 

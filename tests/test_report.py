@@ -636,8 +636,8 @@ def _recomputed(study: RealStudy, tmp_path: Path) -> pd.DataFrame:
                 continue
             rows.append({"condition": condition, "size": size, "seed": int(record["tags.itstudy.seed"]), "task": task.task,
                          "is_classification": bool(task.is_classification),
-                         "exact_match": record[f"metrics.exact_match_for_{task.task}"],
-                         "rougeL": record[f"metrics.rougeL_for_{task.task}"]})  # fmt: skip
+                         "exact_match": record[f"metrics.per_task/exact_match_for_{task.task}"],
+                         "rougeL": record[f"metrics.per_task/rougeL_for_{task.task}"]})  # fmt: skip
     return pd.DataFrame(rows)
 
 

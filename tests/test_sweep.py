@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from itstudy.config import load_study
 from itstudy.paths import itstudy_home
 from itstudy.sweep import run_sweep
+from itstudy.sweep.parent import parent_run_name
 from itstudy.sweep.trials import expand_grid, sweep_name
 from itstudy.tracking import download_artifact, experiment_id_of, load_runs
 
@@ -45,7 +47,7 @@ def _runs(kind: str | None = None):
     return runs[runs["tags.itstudy.kind"] == kind]
 
 
-def test_optuna_search_over_the_learning_rate_nests_its_trials_under_the_sweep():
+def test_optuna_search_over_the_learning_rate_nests_its_trials_under_the_sweep(tmp_path):
     space = "search={space: {train.learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}, num_samples: 3}"
     study = load_study(REPO / DEMO, [*TINY, "grid={seed: [1]}", space])
 
@@ -53,7 +55,8 @@ def test_optuna_search_over_the_learning_rate_nests_its_trials_under_the_sweep()
 
     assert [outcome.status for outcome in result.outcomes] == ["FINISHED"] * 3
     parent = _runs("sweep")
-    assert len(parent) == 1 and parent.iloc[0]["name"] == sweep_name(study)
+    assert len(parent) == 1 and parent.iloc[0]["tags.itstudy.sweep"] == sweep_name(study)
+    assert parent.iloc[0]["name"] == parent_run_name(study) == f"demo sweep {sweep_name(study)[-8:]}"
     trials = _runs("trial")
     assert len(trials) == 3
     assert set(trials["parent_run_id"]) == {result.parent_run_id} == set(parent["run_id"])
@@ -64,10 +67,18 @@ def test_optuna_search_over_the_learning_rate_nests_its_trials_under_the_sweep()
     # What Optuna chose on is in MLflow: a dev metric, logged by every trial (test figures are never read).
     assert parent.iloc[0]["params.search.metric"] == "dev_exact_match"
     assert trials["metrics.dev_exact_match"].notna().all()
+    # Names read whole, what varies first; the digest is in the key tag.
+    assert all(name.startswith("def-original+ex-original n20 lr") and name.endswith(" seed=1") for name in trials["name"])
     # The baseline sits beside the trials, under the same parent.
     baselines = _runs("baseline")
     assert list(baselines["parent_run_id"]) == [result.parent_run_id]
     assert "lr" in result.table and "random" in result.table
+    # The sweep run carries each configuration's and baseline's mean, and lists every child.
+    sweep = parent.iloc[0]
+    assert sweep["metrics.mean_exact_match/random"] == pytest.approx(baselines["metrics.exact_match"].iloc[0])
+    assert len([column for column in parent if column.startswith("metrics.mean_exact_match/def-original ex-original n20 lr")]) == 3
+    children = pd.read_csv(download_artifact(_uri(), sweep["run_id"], "children.csv", tmp_path))
+    assert sorted(children["run_id"]) == sorted([*trials["run_id"], *baselines["run_id"]])
 
 
 def test_a_failing_trial_ends_failed_with_its_error_and_the_sweep_says_so(tmp_path):

@@ -21,6 +21,8 @@ from itstudy.ui import wait_until_ready
 from itstudy.metrics import Prediction, aggregate, score_predictions, task_rows
 from itstudy.provenance import environment_info
 from itstudy.tracking import (
+    COMPARISON_VIEW,
+    measured_metrics,
     RunLogger,
     TrackingError,
     check_tracking,
@@ -96,8 +98,12 @@ def test_experiment_is_created_once_with_artifacts_beside_the_database(isolated_
     uri = resolve_tracking_uri(TrackingConfig())
     first = ensure_experiment(uri, "study-a")
     assert ensure_experiment(uri, "study-a") == first
-    location = MlflowClient(uri).get_experiment(first).artifact_location
-    assert location == (isolated_home / "artifacts").as_uri()
+    experiment = MlflowClient(uri).get_experiment(first)
+    assert experiment.artifact_location == (isolated_home / "artifacts").as_uri()
+    # The MLflow 3 UI opens it on the training runs table, and holds the comparison view.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{COMPARISON_VIEW}"])
+    assert "tags.`itstudy.variant`" in view["selectedColumns"] and "metrics.`exact_match`" in view["selectedColumns"]
 
 
 @pytest.mark.parametrize(
@@ -240,11 +246,28 @@ def test_artifacts_predictions_and_dataset_lineage(sqlite_uri, tmp_path):
     table = download_artifact(sqlite_uri, run_id, "task_metrics.csv", tmp_path).read_text()
     assert table.splitlines()[1].startswith("task1_a,textual_entailment,True,2,50.0")
     run = get_run(sqlite_uri, run_id)
-    assert run.data.metrics["exact_match_for_task1_a"] == 50.0
+    # Per-task figures sit under one prefix (one folded section in the UI), and read back by their measured names.
+    assert run.data.metrics["per_task/exact_match_for_task1_a"] == 50.0 and "exact_match_for_task1_a" not in run.data.metrics
+    assert measured_metrics(run.data.metrics)["exact_match_for_task1_a"] == 50.0
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == digest[:36]
     source = json.loads(dataset_input.dataset.source)["tags"]
     assert source == {"source": "superni:/data@ae457ac", "digest": digest, "instances": "3"}
+
+
+def test_a_model_folder_is_logged_and_registered_as_a_version_of_the_study_model(sqlite_uri, tmp_path):
+    folder = tmp_path / "final"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "spiece.model").write_bytes(b"vocabulary")
+    run_id = _new_run(sqlite_uri, "models")
+    RunLogger(sqlite_uri, run_id).log_model(folder, "demo")
+    RunLogger(sqlite_uri, _new_run(sqlite_uri, "models")).log_model(folder, "demo")  # a second version
+
+    assert sorted(list_artifacts(sqlite_uri, run_id, "model")) == ["model/config.json", "model/spiece.model"]
+    versions = MlflowClient(sqlite_uri).search_model_versions("name = 'demo'")
+    assert len(versions) == 2 and run_id in {version.run_id for version in versions}
+    assert all(version.source.endswith("/model") for version in versions)
 
 
 def test_a_failing_block_marks_the_run_failed_with_its_error(sqlite_uri, tmp_path):

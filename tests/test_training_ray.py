@@ -117,5 +117,5 @@ def test_a_worker_failure_is_recovered_to_the_uninterrupted_result(local_ray, tm
     assert losses[-1][1] < losses[0][1]
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    synthetic_tasks = {key.removeprefix("rougeL_for_") for key in run.data.metrics if key.startswith("rougeL_for_synth_")}
-    assert len(synthetic_tasks) == 7 and all(f"exact_match_for_{task}" in run.data.metrics for task in synthetic_tasks)
+    synthetic_tasks = {key.removeprefix("per_task/rougeL_for_") for key in run.data.metrics if key.startswith("per_task/rougeL_for_synth_")}
+    assert len(synthetic_tasks) == 7 and all(f"per_task/exact_match_for_{task}" in run.data.metrics for task in synthetic_tasks)

@@ -310,6 +310,10 @@ class TrackingConfig(Spec):
     """MLflow experiment name; default: the study name."""
     storage_path: Path | None = None
     """Absolute folder (or URI) for Ray checkpoints; default: $ITSTUDY_HOME/ray_results."""
+    system_metrics: bool = True
+    """Log MLflow's system metrics (CPU, memory, disk, network, GPU; `system/...`) every 10 s on training runs."""
+    log_model: bool = False
+    """Log each training run's final model and tokenizer (`model/`), registered as a version of the study's model."""
 
     _paths = field_validator("storage_path", mode="before")(_lenient_path)
 

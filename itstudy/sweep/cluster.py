@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import ray
 from ray import tune
 
+from itstudy import console
 from itstudy.config import ConfigError, ResourcesConfig, Study
 from itstudy.loopback import local_ray_options
 from itstudy.sweep.trainable import SweepContext, resolve_trial
@@ -44,12 +45,13 @@ def ray_session(uri: str) -> Iterator[str]:
     local = {} if os.environ.get("RAY_ADDRESS") else {"resources": {TRIAL_DRIVER: LOCAL_TRIAL_DRIVERS}, "include_dashboard": False, **local_ray_options()}
     # Inside a job the job's runtime environment applies too; the sweep's tracking settings win.
     os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
-    ray.init(runtime_env={"env_vars": worker_env(uri)}, **local)
+    local.update(console.ray_init_options())  # (also for a cluster's job: how much its workers log)
+    ray.init(runtime_env={"env_vars": {**worker_env(uri), **console.worker_env()}}, **local)
     try:
         worker_uri = worker_tracking_uri(uri)
         if worker_uri != uri:  # the runtime environment is fixed at init: start over with the head's address
             ray.shutdown()
-            ray.init(runtime_env={"env_vars": worker_env(worker_uri)}, **local)
+            ray.init(runtime_env={"env_vars": {**worker_env(worker_uri), **console.worker_env()}}, **local)
         yield worker_uri
     finally:
         ray.shutdown()

@@ -1,10 +1,10 @@
 """The sweep's MLflow parent run: found (or created), opened, its model-free baselines, its orphans closed.
 
-One parent run per sweep, named `<study>-<digest8>` and found again by that name, so a rerun of
-the same command continues it. It holds the experiment file, the config, the trial list and the
-code version; every trial and baseline is one of its child runs. A child run is never left
-RUNNING: one that a killed driver or trial left so is ended FAILED with the reason in the tag
-`itstudy.failure_reason` (a resumed trial reopens it).
+One parent run per sweep, named `<study> sweep <digest8>` and found again by its tag
+`itstudy.sweep` (`<study>-<digest8>`), so a rerun of the same command continues it. It holds the
+experiment file, the config, the trial list and the code version; every trial and baseline is one
+of its child runs. A child run is never left RUNNING: one that a killed driver or trial left so is
+ended FAILED with the reason in the tag `itstudy.failure_reason` (a resumed trial reopens it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ def find_parent_run(study: Study, uri: str, experiment_id: str) -> FoundRun:
     """The sweep's parent run, found by its name (a rerun continues it) or created."""
     name = sweep_name(study)
     identity = {"itstudy.kind": "sweep", "itstudy.sweep": name}
-    return get_or_create_run(uri, experiment_id, name, identity, tags={"itstudy.study": study.name})
+    return get_or_create_run(uri, experiment_id, parent_run_name(study), identity, tags={"itstudy.study": study.name})
+
+
+def parent_run_name(study: Study) -> str:
+    """`<study> sweep <digest8>`: the study first, so that the name reads whole in the UI's run list."""
+    return f"{study.name} sweep {sweep_name(study).removeprefix(study.name + '-')}"
 
 
 def open_parent_run(

@@ -1,8 +1,9 @@
-"""The end of a sweep: trials.csv, the overhead figures and the comparison table on the parent run,
-and where to look next. No Ray."""
+"""The end of a sweep: trials.csv, children.csv, the overhead figures, the mean of each configuration and
+baseline (`mean_exact_match/...`) and the comparison table on the parent run, and where to look next. No Ray."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from itstudy.metrics import METRICS, in_pooled_figures, reported_task_name
 from itstudy.sweep.outcomes import SweepResult, TrialOutcome
 from itstudy.sweep.table import FORMAT_METRICS, Row, format_table
 from itstudy.sweep.trials import sweep_name
-from itstudy.tracking import RunLogger, experiment_name
+from itstudy.tracking import RunLogger, comparison_view_link, experiment_name, find_runs
 
 TIMING = ("prepare_s", "train_loop_s", "train_fit_s")
 """Seconds a trial reports for its data preparation and its training loop (or TorchTrainer fit)."""
@@ -31,13 +32,15 @@ def summarize(
 ) -> SweepResult:
     """Log trials.csv, overhead figures and the comparison table on the parent run; build the result."""
     parent.log_text(trials_csv(outcomes), "trials.csv")
-    parent.log_metrics(overhead_metrics(outcomes), step=0)
+    parent.log_text(children_csv(uri, experiment_id, parent.run_id), "children.csv")
+    rows = comparison_rows(outcomes, baselines)
+    parent.log_metrics({**overhead_metrics(outcomes), **summary_metrics(rows)}, step=0)
     seeds = sorted({outcome.seed for outcome in outcomes})
     title = (
         f"Study {study.name} (sweep {sweep_name(study)}): exact match, ROUGE-L and the share of answers in the "
         f"label space (%) on the test tasks, mean ± std over seeds {', '.join(map(str, seeds))}"
     )
-    table = format_table(title, comparison_rows(outcomes, baselines), paired_tasks(baselines))
+    table = format_table(title, rows, paired_tasks(baselines))
     parent.log_text(table + "\n", "comparison.txt")
     table += "\n" + where_to_look(study, experiment_file, uri, experiment_id, parent.run_id, outcomes)
     return SweepResult(
@@ -67,6 +70,44 @@ def comparison_rows(outcomes: list[TrialOutcome], baselines: list[BaselineResult
             runs = {record.seed: record.metrics for record in result.records if record.baseline == name}
             rows.append(Row(f"{name}{suffix}", runs, expected=len(runs), is_baseline=True))
     return rows
+
+
+SUMMARY_METRICS = ("exact_match", "label_space_rate")
+"""Metrics whose mean over seeds the sweep run carries per configuration and baseline."""
+
+
+def summary_metrics(rows: list[Row]) -> dict[str, float]:
+    """`mean_<metric>/<configuration or baseline>`: the table's means, so the sweep run shows the result
+    (the UI groups them under one prefix per metric)."""
+    metrics = {}
+    for row in rows:
+        for metric in SUMMARY_METRICS:
+            if row.values(metric):
+                metrics[f"mean_{metric}/{_metric_key_text(row.label)}"] = statistics.fmean(row.values(metric))
+    return metrics
+
+
+def _metric_key_text(label: str) -> str:
+    # MLflow metric keys allow letters, digits, _ - . / and spaces; a label's "+" is not one of them.
+    return re.sub(r"[^\w.\- ]", " ", label.replace("_", " "))
+
+
+def children_csv(uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """Every child run of the sweep (the UI's overview lists only the first 10): name, kind, status,
+    exact match, run id, the trial key that identifies it."""
+    children = find_runs(uri, experiment_id, {"mlflow.parentRunId": parent_run_id})
+    records = [
+        {
+            "name": run.info.run_name,
+            "kind": run.data.tags.get("itstudy.baseline") or run.data.tags.get("itstudy.kind"),
+            "status": run.info.status,
+            "exact_match": run.data.metrics.get("exact_match"),
+            "run_id": run.info.run_id,
+            "trial_key": run.data.tags.get("itstudy.trial_key"),
+        }
+        for run in sorted(children, key=lambda run: run.info.run_name)
+    ]
+    return pd.DataFrame(records).to_csv(index=False)
 
 
 def paired_tasks(baselines: list[BaselineResults]) -> list[str]:
@@ -115,11 +156,12 @@ def where_to_look(
     """The MLflow run to open, and what to do about failed trials."""
     failed = [outcome.key for outcome in outcomes if outcome.status != "FINISHED"]
     lines = [f"MLflow: {uri}, experiment '{experiment_name(study)}' (id {experiment_id}), sweep run {parent_run_id}"]
+    view = comparison_view_link(experiment_id)
     if uri.startswith(("http://", "https://")):
-        lines.append(f"Open: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{parent_run_id}")
+        lines.append(f"Open: {uri.rstrip('/')}/{view}   (the sweep run: #/experiments/{experiment_id}/runs/{parent_run_id})")
     else:
         target = experiment_file or study.name
-        lines.append(f"Open the MLflow UI: itstudy ui {target}   (or: mlflow ui --backend-store-uri {uri})")
+        lines.append(f"Open the MLflow UI: itstudy ui {target}, then http://127.0.0.1:5000/{view}")
     if failed:
         lines.append(f"{len(failed)} trial(s) failed ({', '.join(failed)}): rerun the same command to retry them.")
     return "\n".join(lines)

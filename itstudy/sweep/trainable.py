@@ -52,6 +52,7 @@ from itstudy.tracking import (
     check_tracking,
     get_or_create_run,
     get_run,
+    measured_metrics,
     reopen_run,
     replay,
 )
@@ -95,7 +96,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     run = child_run(trial, kind, context)
     journal = MetricJournal(Path(context.journal_dir) / f"{run.run_id}.jsonl")
     if run.status == "FINISHED":
-        ray.tune.report({**(journal.latest() or run.metrics), "already_finished": 1.0})
+        ray.tune.report({**(measured_metrics(journal.latest()) or run.metrics), "already_finished": 1.0})
         return
     reopen_run(context.tracking_uri, run.run_id)
     _send_earlier_record(journal, context.tracking_uri)
@@ -147,8 +148,15 @@ def child_run(trial: Trial, kind: str, context: SweepContext) -> FoundRun:
     tags = {**trial_tags(trial, kind), "itstudy.study": trial.study.name, "itstudy.status": "RUNNING"}
     identity = child_run_identity(trial.key, context)
     return get_or_create_run(
-        context.tracking_uri, context.experiment_id, trial.key, identity, tags, parent_run_id=context.parent_run_id
+        context.tracking_uri, context.experiment_id, run_name(trial), identity, tags, parent_run_id=context.parent_run_id
     )
+
+
+def run_name(trial: Trial) -> str:
+    """The MLflow run name: what varies first, readable whole in the UI's run list, e.g.
+    `def-simplified+ex-original n20 seed=2` or `untuned def-original+ex-delusive n20 seed=1`; the
+    identity digest stays in the `itstudy.trial_key` tag, by which the run is found again."""
+    return " ".join([*trial.label.split("_"), f"seed={trial.study.seed}"])
 
 
 def trial_tags(trial: Trial, kind: str) -> dict[str, str]:

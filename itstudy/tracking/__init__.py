@@ -4,6 +4,7 @@
   `itstudy_home()`), the loud `check_tracking`, experiments, what Ray workers need to reach it;
 - `runs`: runs created explicitly by id and found again by identity (`get_or_create_run`);
 - `logger`: `RunLogger`, which writes one run and maps how a block ended to the run's status;
+- `names`: metric names as MLflow holds them (per-task figures under `per_task/`) and back;
 - `journal`: the write-ahead record of a run's metrics, replayed to MLflow once per (key, step);
 - `read`: a study read back for reports (runs as a DataFrame, artifacts, dataset digests).
 
@@ -17,6 +18,7 @@
 
 from itstudy.tracking.journal import MetricJournal, replay, sync_folder
 from itstudy.tracking.logger import RunLogger
+from itstudy.tracking.names import PER_TASK_PREFIX, measured_metrics
 from itstudy.tracking.read import download_artifact, experiment_id_of, list_artifacts, load_runs, run_dataset_digests
 from itstudy.tracking.runs import (
     FAILURE_REASON_TAG,
@@ -30,6 +32,7 @@ from itstudy.tracking.runs import (
     reopen_run,
 )
 from itstudy.tracking.store import (
+    COMPARISON_VIEW,
     StudyStore,
     TrackingError,
     artifact_root,
@@ -37,6 +40,7 @@ from itstudy.tracking.store import (
     check_server,
     check_tracking,
     check_writable,
+    comparison_view_link,
     ensure_experiment,
     experiment_name,
     resolve_tracking_uri,
@@ -46,10 +50,12 @@ from itstudy.tracking.store import (
 )
 
 __all__ = [
+    "COMPARISON_VIEW",
     "FAILURE_REASON_TAG",
     "TERMINAL_STATUSES",
     "FoundRun",
     "MetricJournal",
+    "PER_TASK_PREFIX",
     "RunLogger",
     "StudyStore",
     "TrackingError",
@@ -58,6 +64,7 @@ __all__ = [
     "check_server",
     "check_tracking",
     "check_writable",
+    "comparison_view_link",
     "create_run",
     "download_artifact",
     "ensure_experiment",
@@ -69,6 +76,7 @@ __all__ = [
     "get_run",
     "list_artifacts",
     "load_runs",
+    "measured_metrics",
     "reopen_run",
     "replay",
     "resolve_tracking_uri",

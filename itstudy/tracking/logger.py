@@ -32,6 +32,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
 from itstudy.config import Study, config_digest, to_plain
 from itstudy.provenance import environment_info
 from itstudy.tracking.journal import HeldPoints, MetricJournal
+from itstudy.tracking.names import mlflow_metric_name
 from itstudy.tracking.runs import STATUS_TAG, TERMINAL_STATUSES, tag_value
 
 log = logging.getLogger(__name__)
@@ -166,12 +167,13 @@ class RunLogger:
     # --- metrics ---------------------------------------------------------------------------------
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
-        """Buffer metrics at `step`; they are sent in batches (every `flush_every` values or interval)."""
+        """Buffer metrics at `step` (per-task ones renamed by `mlflow_metric_name`); they are sent in batches
+        (every `flush_every` values or interval)."""
         timestamp = int(time.time() * 1000)
         points = []
         for key, value in metrics.items():
             try:
-                points.append(Metric(key, float(value), timestamp, int(step)))
+                points.append(Metric(mlflow_metric_name(key), float(value), timestamp, int(step)))
             except (TypeError, ValueError):
                 log.warning("metric %r=%r is not a number; not logged", key, value)
         if self.journal:
@@ -219,6 +221,22 @@ class RunLogger:
 
     def log_dir(self, path: str | Path, artifact_dir: str | None = None) -> bool:
         return self._attempt(f"log {path}/", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_dir))
+
+    def log_model(self, folder: str | Path, registered_name: str) -> None:
+        """`folder` (a `save_pretrained` model with its tokenizer) as the `model/` artifact, registered as a
+        new version of model `registered_name` that points at this run."""
+        if not self.log_dir(folder, "model"):
+            return
+        self._attempt("register model", lambda: self._register(registered_name))
+
+    def _register(self, name: str) -> None:
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/model"
+        self.client.create_model_version(name, source, run_id=self.run_id)
 
     def log_prompts(self, prompts: Iterable[str]) -> None:
         """Sample prompts as prompts.txt, so a reader sees what the model was given (nothing if none)."""

@@ -16,6 +16,8 @@ from mlflow.entities import Run, ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from itstudy.tracking.names import measured_metrics
+
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 STATUS_TAG = "itstudy.status"
 """Mirrors the run's status as a tag, which the MLflow UI can filter and colour by."""
@@ -32,7 +34,7 @@ class FoundRun:
     status: str
     """Its status when found (RUNNING for a new run)."""
     metrics: dict[str, float]
-    """Its latest metrics when found (empty for a new run)."""
+    """Its latest metrics when found, by the names they were measured by (empty for a new run)."""
 
 
 def create_run(
@@ -60,7 +62,7 @@ def get_or_create_run(
     found = find_runs(uri, experiment_id, identity, status=reuse_status)
     if found:
         run = found[0]
-        return FoundRun(run.info.run_id, False, run.info.status, dict(run.data.metrics))
+        return FoundRun(run.info.run_id, False, run.info.status, measured_metrics(run.data.metrics))
     run_id = create_run(uri, experiment_id, name, {**identity, **tags}, parent_run_id=parent_run_id)
     return FoundRun(run_id, True, "RUNNING", {})
 

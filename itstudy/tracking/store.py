@@ -14,6 +14,7 @@ create an empty one).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -253,8 +254,59 @@ def experiment_name(study: Study) -> str:
     return study.tracking.experiment or study.name
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""The tag with which MLflow 3 UIs open an experiment on its training runs, not on GenAI traces (values
+from the UI bundle's experiment-kind enum). The 3.17 UI reads it only with its GenAI / Model training
+switch off; with the switch on (its default), the mode comes from the browser or the link's
+`workflowType=machine_learning` (`comparison_view_link`)."""
+COMPARISON_VIEW = "comparison"
+"""The key of the saved runs-table view (`comparison_view_link`)."""
+COMPARISON_COLUMNS = [
+    "tags.`itstudy.variant`",
+    "tags.`itstudy.instances_per_task`",
+    "tags.`itstudy.seed`",
+    "tags.`itstudy.model`",
+    "metrics.`exact_match`",
+    "metrics.`rank_exact_match`",
+    "metrics.`label_space_rate`",
+    "metrics.`rougeL`",
+]
+"""The runs table's columns in the comparison view, as the UI names them: the type, then the key in backticks."""
+
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+"""The UI's id of the run-name column (widened in the comparison view, so that names read whole)."""
+
+
+def comparison_view_state() -> str:
+    """The saved runs-table view, as the MLflow UI reads a shared view from `mlflow.sharedViewState.<key>`:
+    trials and baselines side by side (the sweep runs filtered out, so nothing is nested under a
+    collapsed parent), the comparison columns shown, whole run names, every run in the charts."""
+    return json.dumps(
+        {
+            "searchFilter": "tags.`itstudy.kind` != 'sweep'",
+            "orderByKey": "tags.`mlflow.runName`",
+            "orderByAsc": True,
+            "selectedColumns": COMPARISON_COLUMNS,
+            # The UI applies widths only to columns in columnOrder.
+            "columnOrder": [RUN_NAME_COLUMN, *COMPARISON_COLUMNS],
+            "columnWidths": {
+                RUN_NAME_COLUMN: 330,
+                "tags.`itstudy.variant`": 220,
+                **dict.fromkeys(COMPARISON_COLUMNS[1:], 120),
+            },
+            "runsHiddenMode": "SHOW_ALL",
+        }
+    )
+
+
+def comparison_view_link(experiment_id: str) -> str:
+    """The UI address (after the host) of an experiment's comparison view, in the Model training mode."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_VIEW}&workflowType=machine_learning"
+
+
 def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment `name`, created with an absolute artifact root if missing.
+    """The id of experiment `name`, created with an absolute artifact root if missing, tagged as model
+    training and holding the comparison view (`COMPARISON_VIEW`).
 
     Safe when several processes race to create it: the loser re-reads the winner's experiment.
     """
@@ -262,7 +314,8 @@ def ensure_experiment(uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_root(uri))
+            experiment_id = client.create_experiment(name, artifact_location=artifact_root(uri))
+            experiment = client.get_experiment(experiment_id)
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -272,4 +325,8 @@ def ensure_experiment(uri: str, name: str) -> str:
             f"MLflow experiment {name!r} at {uri} is deleted; restore it "
             f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or set tracking.experiment"
         )
+    tags = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{COMPARISON_VIEW}": comparison_view_state()}
+    for key, value in tags.items():
+        if experiment.tags.get(key) != value:  # set once per store, not on every call
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id

@@ -89,7 +89,8 @@ def run_worker(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
 
     Returns the last evaluation's metrics on rank 0 and {} on other ranks.
     """
-    with reporter.tracking(job.tracking_uri, job.run_id, job.journal_path), _cpu_threads(job.study, reporter.device):
+    tracking = reporter.tracking(job.tracking_uri, job.run_id, job.journal_path, job.study.tracking.system_metrics)
+    with tracking, _cpu_threads(job.study, reporter.device):
         return _train(job, reporter)
 
 
@@ -171,6 +172,7 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
         if evaluate or done % train.log_every_steps == 0:
             training = window.close(reporter, scheduler.get_last_lr()[0])
             reporter.log_metrics(training, step=done)
+            reporter.show_progress(done, steps, training, (time.perf_counter() - loop_started) / (done - start))
         if evaluate:
             # loop_s: this attempt's seconds in the loop so far (the sweep derives orchestration overhead from it)
             training = {**training, "loop_s": time.perf_counter() - loop_started}
@@ -249,6 +251,8 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
     checkpoint = write_checkpoint(
         job.study, job.data.token_digest, job.tokenizer, model, optimizer, scheduler, step, rng_states, metrics
     )
+    if final and job.study.tracking.log_model:
+        reporter.log_model(checkpoint, job.study.name)
     reporter.record_into(checkpoint)  # the metric record up to this step travels with the checkpoint
     seal_checkpoint(checkpoint)
     try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,9 +64,12 @@ class Reporter:
     # --- tracking: rank 0 logs into the driver's run ---------------------------------------------
 
     @contextlib.contextmanager
-    def tracking(self, uri: str | None, run_id: str | None, journal_path: str | None = None) -> Iterator[None]:
+    def tracking(
+        self, uri: str | None, run_id: str | None, journal_path: str | None = None, system_metrics: bool = False
+    ) -> Iterator[None]:
         """Rank 0 logs into MLflow run `run_id` while the block runs (checked first, flushed at the end,
-        also on failure), recording metrics in `journal_path` first if given; the driver ends the run."""
+        also on failure), recording metrics in `journal_path` first if given, and MLflow's system
+        metrics of this node if asked; the driver ends the run."""
         if self.rank != 0 or not run_id:
             yield
             return
@@ -74,9 +78,18 @@ class Reporter:
         check_tracking(uri)
         journal = MetricJournal(journal_path) if journal_path else None
         self.logger = RunLogger(uri, run_id, journal=journal)
+        monitor = None
+        if system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # resume_logging: a resumed run continues its system-metric steps instead of overwriting them
+            monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+            monitor.start()
         try:
             yield
         finally:
+            if monitor:
+                monitor.finish()
             self.logger.close()  # a failing worker's buffered metrics are sent (or kept in the record) too
             self.logger = None
 
@@ -120,6 +133,19 @@ class Reporter:
         if self.logger:
             self.logger.log_predictions([item.record() for item in scored], task_rows(scored), metrics, step=step)
 
+    def log_model(self, checkpoint: Path, registered_name: str) -> None:
+        """The checkpoint's model and tokenizer as the run's `model/`, registered as a model version."""
+        if self.logger:
+            with tempfile.TemporaryDirectory() as folder:
+                shutil.copytree(checkpoint / "model", folder, dirs_exist_ok=True)
+                shutil.copytree(checkpoint / "tokenizer", folder, dirs_exist_ok=True)
+                self.logger.log_model(folder, registered_name)
+
+    def show_progress(self, step: int, steps: int, training: Mapping[str, float], seconds_per_step: float) -> None:
+        """The run's live progress as its `itstudy.progress` tag, which the sweep's console and the UI show."""
+        if self.logger:
+            self.logger.set_tags({PROGRESS_TAG: progress_text(step, steps, training, seconds_per_step)})
+
     def flush(self) -> None:
         if self.logger:
             self.logger.flush()
@@ -136,6 +162,19 @@ class Reporter:
             self.logger.flush()
             if self.logger.journal:
                 self.logger.journal.copy_into(checkpoint_dir)
+
+
+PROGRESS_TAG = "itstudy.progress"
+"""A running training run's step, loss, throughput and ETA, as one line of text."""
+
+
+def progress_text(step: int, steps: int, training: Mapping[str, float], seconds_per_step: float) -> str:
+    """`step 120/420 (29%), loss 2.31, 5400 tokens/s, ETA 3m10s`."""
+    eta = round(seconds_per_step * (steps - step))
+    return (
+        f"step {step}/{steps} ({100 * step // steps}%), loss {training['train_loss']:.3g}, "
+        f"{training['tokens_per_s']:.0f} tokens/s, ETA {eta // 60}m{eta % 60:02d}s"
+    )
 
 
 def _cuda_device(local_rank: int) -> torch.device:
