@@ -1,11 +1,13 @@
-"""Models, tokenizers and precision for T5 instruction tuning.
+"""Models, tokenizers and precision for instruction tuning of seq2seq (T5) and decoder-only models.
 
 A model is one of:
 - a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests and the demo, with
   tied embeddings; `t5-small`, `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt
   architecture: gated-GELU, untied input and output embeddings, vocabulary 32128), since no
   pretrained weights are reachable here;
-- a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path.
+- a named decoder-only shape from scratch (`llama-tiny`: a LlamaConfig, for tests);
+- a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path: an
+  encoder-decoder (`config.is_encoder_decoder`) as a seq2seq model, anything else as a causal LM.
 
 A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_TOKENIZER, else
 the hub), a hub id or folder, or a byte-level BPE over whole words trained on the run's own texts (`bpe`).
@@ -31,8 +33,11 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -40,6 +45,7 @@ from transformers import (
     T5ForConditionalGeneration,
     T5TokenizerFast,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from itstudy.errors import UserError
 from itstudy.paths import T5_TOKENIZER_ENV
@@ -59,6 +65,13 @@ NAMED_SHAPES: dict[str, dict] = {
     "t5-base": {**_V11, "d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
     "t5-large": {**_V11, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
     "t5-xl": {**_V11, "d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32},
+}
+
+# Decoder-only shapes. Not public shapes: tied embeddings, as t5-tiny, and positions enough for a
+# 1024-token prompt and a 128-token target.
+CAUSAL_SHAPES: dict[str, dict] = {
+    "llama-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "max_position_embeddings": 2048, "tie_word_embeddings": True},
 }
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -84,35 +97,49 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def is_named_shape(name: str) -> bool:
-    return name in NAMED_SHAPES
+    return name in NAMED_SHAPES or name in CAUSAL_SHAPES
+
+
+def is_causal(name: str) -> bool:
+    """Whether `name` (a named shape, folder or hub id) is a decoder-only model (reads only its config)."""
+    if is_named_shape(name):
+        return name in CAUSAL_SHAPES
+    return not _read_config(name).is_encoder_decoder
+
+
+def _read_config(name: str):
+    """The model's config.json, from a folder or the hub (the local cache when offline)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelSpecError(f"model {name!r}: the folder has no config.json (save it with save_pretrained)")
+        return AutoConfig.from_pretrained(str(folder))
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=offline)
+    except (OSError, ValueError) as error:
+        where = "in the local Hugging Face cache while offline (HF_HUB_OFFLINE=1)" if offline else "on the Hugging Face hub"
+        raise ModelSpecError(
+            f"model {name!r}: not a named shape ({', '.join([*NAMED_SHAPES, *CAUSAL_SHAPES])}), not a local folder, "
+            f"and not found {where}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def check_model_available(name: str) -> None:
-    """Raise ModelSpecError unless `name` is a named shape, a model folder, or a reachable hub id.
+    """Raise ModelSpecError unless `name` is a named shape, a model folder, or a reachable hub id of
+    an encoder-decoder or a causal LM.
 
     For hub ids this reads only `config.json` (from the cache when offline), so a typo or an
     offline machine fails here, in the driver, before any worker starts.
     """
     if is_named_shape(name):
         return
-    if Path(name).expanduser().is_dir():
-        if not (Path(name).expanduser() / "config.json").is_file():
-            raise ModelSpecError(f"model {name!r}: the folder has no config.json (save it with save_pretrained)")
-        config = AutoConfig.from_pretrained(str(Path(name).expanduser()))
-    else:
-        # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        try:
-            config = AutoConfig.from_pretrained(name, local_files_only=offline)
-        except (OSError, ValueError) as error:
-            where = "in the local Hugging Face cache while offline (HF_HUB_OFFLINE=1)" if offline else "on the Hugging Face hub"
-            raise ModelSpecError(
-                f"model {name!r}: not a named shape ({', '.join(NAMED_SHAPES)}), not a local folder, and not "
-                f"found {where}: {str(error).splitlines()[0]}"
-            ) from None
-    if not getattr(config, "is_encoder_decoder", False):
+    config = _read_config(name)
+    if not config.is_encoder_decoder and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelSpecError(
-            f"model {name!r}: a {config.model_type} model is not an encoder-decoder; this trainer fine-tunes T5-style seq2seq models"
+            f"model {name!r}: a {config.model_type} model is neither an encoder-decoder nor a causal language model "
+            f"that transformers can load with AutoModelForCausalLM"
         )
 
 
@@ -152,6 +179,20 @@ def new_t5(config: T5Config, seed: int) -> T5ForConditionalGeneration:
     return model
 
 
+def llama_config(shape: str, vocab_size: int, pad_id: int, eos_id: int, bos_id: int | None) -> LlamaConfig:
+    """The LlamaConfig of a named decoder-only shape, with the tokenizer's special ids."""
+    if shape not in CAUSAL_SHAPES:
+        raise ModelSpecError(f"model shape {shape!r}: expected one of {', '.join(CAUSAL_SHAPES)}")
+    return LlamaConfig(**CAUSAL_SHAPES[shape], vocab_size=vocab_size, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id)
+
+
+def new_llama(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
+    """A Llama with random weights drawn from `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
 def padded_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
     """The embedding rows for `tokenizer`: its size rounded up to a multiple of 128 (T5: 32100 -> 32128)."""
     return math.ceil(len(tokenizer) / 128) * 128
@@ -159,11 +200,15 @@ def padded_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def build_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     """A named shape from scratch (seeded, sized to the tokenizer), else `from_pretrained(name)`."""
+    if name in CAUSAL_SHAPES:
+        ids = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+        return new_llama(llama_config(name, padded_vocab_size(tokenizer), *ids), seed)
     if is_named_shape(name):
         config = t5_config(name, padded_vocab_size(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
         return new_t5(config, seed)
     check_model_available(name)
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name)
+    location = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    model = _auto_class(is_causal(name)).from_pretrained(location)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ModelSpecError(
             f"model {name!r} has {model.get_input_embeddings().num_embeddings} embeddings but the tokenizer has "
@@ -173,22 +218,32 @@ def build_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> Pre
 
 
 def load_model(folder: str | Path) -> PreTrainedModel:
-    """A model saved with `save_pretrained` (a checkpoint's `model/` folder)."""
-    return AutoModelForSeq2SeqLM.from_pretrained(str(folder))
+    """A model saved with `save_pretrained` (a checkpoint's `model/` folder), seq2seq or causal as its config says."""
+    return _auto_class(is_causal(str(folder))).from_pretrained(str(folder))
+
+
+def _auto_class(causal: bool):
+    return AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
 
 
 def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
-    """Parameters: total, and the encoder / decoder matmul weights that the FLOPs formula counts.
+    """Parameters: total, trainable, and the encoder / decoder matmul weights that the FLOPs formula counts.
 
     `encoder` and `decoder` leave out the input embedding (a lookup, no FLOPs); `decoder`
-    includes the output projection (lm_head), which is a matmul over every target token.
+    includes the output projection (lm_head), which is a matmul over every target token. A
+    decoder-only model has no encoder: all its matmul weights count as `decoder`.
     """
     total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     embedding = model.get_input_embeddings().weight.numel()
-    encoder = sum(p.numel() for p in model.get_encoder().parameters()) - embedding
     head = model.get_output_embeddings().weight.numel()
+    if not model.config.is_encoder_decoder:
+        # parameters() lists a tied head once, as the embedding: add its matmul back
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        return {"total": total, "trainable": trainable, "encoder": 0, "decoder": total - embedding + head * tied}
+    encoder = sum(p.numel() for p in model.get_encoder().parameters()) - embedding
     decoder = sum(p.numel() for p in model.get_decoder().parameters()) - embedding + head
-    return {"total": total, "encoder": encoder, "decoder": decoder}
+    return {"total": total, "trainable": trainable, "encoder": encoder, "decoder": decoder}
 
 
 # --- tokenizers --------------------------------------------------------------------------------
