@@ -1,6 +1,6 @@
 """Decoder-only models (itstudy.training: models, prepare, engine, evaluate): the prompt is the
 context, the loss covers only the target, generation continues left-padded prompts, rank
-classification scores each label after its prompt, and a llama-tiny run trains, evaluates and
+classification scores each label after its prompt, and a scratch/llama-tiny run trains, evaluates and
 resumes exactly like a T5 run."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from itstudy.training.prepare import encode_evaluation, encode_training, prepare
 from itstudy.training.reporter import PlainReporter
 from test_training_loop import tiny_study, without_timing  # tests/ is on sys.path (rootdir conftest)
 
-LLAMA = "llama-tiny"
+LLAMA = "scratch/llama-tiny"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_decoder_only_folders_are_accepted_and_other_models_refused(tmp_path, t5
 
     build_model(LLAMA, t5_tokenizer, seed=0).save_pretrained(tmp_path / "llama")
     check_model_available(str(tmp_path / "llama"))
-    assert is_causal(str(tmp_path / "llama")) and is_causal(LLAMA) and not is_causal("t5-tiny")
+    assert is_causal(str(tmp_path / "llama")) and is_causal(LLAMA) and not is_causal("scratch/t5-tiny")
     ViTConfig(num_hidden_layers=1).save_pretrained(tmp_path / "vit")
     with pytest.raises(ModelSpecError, match="neither an encoder-decoder nor a causal language model"):
         check_model_available(str(tmp_path / "vit"))

@@ -570,7 +570,7 @@ data:
   test_instances_per_task: 8
   synthetic: {{instances_per_task: 40}}
   cache_dir: {cache}
-model: {{name: t5-tiny, tokenizer: bpe, bpe_vocab_size: 300, precision: fp32}}
+model: {{name: scratch/t5-tiny, tokenizer: bpe, bpe_vocab_size: 300, precision: fp32}}
 train: {{global_batch_size: 8, per_device_batch_size: 8, learning_rate: 1.0e-3, epochs: 1, max_steps: 2,
         max_source_length: 128, max_target_length: 8, log_every_steps: 1, checkpoints_to_keep: 1}}
 eval: {{batch_size: 64, max_new_tokens: 4}}

@@ -43,13 +43,13 @@ def test_grid_expands_to_the_product_with_stable_unique_readable_keys():
 
 
 def test_any_config_key_can_be_an_axis_and_changes_key_and_sweep_name():
-    study = load_study(DEMO, ["grid={data.max_train_tasks: [4, 8], model.name: [t5-tiny]}"])
+    study = load_study(DEMO, ["grid={data.max_train_tasks: [4, 8], model.name: [scratch/t5-tiny]}"])
     trials = expand_grid(study)
     assert [trial.study.data.max_train_tasks for trial in trials] == [4, 8]
-    assert "_tasks4_" in trials[0].key and "_t5-tiny_" in trials[0].key
+    assert "_tasks4_" in trials[0].key and "_scratch-t5-tiny_" in trials[0].key
     assert sweep_name(study) != sweep_name(load_study(DEMO))
     # Changing anything in the config changes the digest in every key.
-    other = load_study(DEMO, ["grid={data.max_train_tasks: [4, 8], model.name: [t5-tiny]}", "train.epochs=4"])
+    other = load_study(DEMO, ["grid={data.max_train_tasks: [4, 8], model.name: [scratch/t5-tiny]}", "train.epochs=4"])
     assert {t.key for t in expand_grid(other)}.isdisjoint({t.key for t in trials})
 
 

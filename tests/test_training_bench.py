@@ -15,7 +15,7 @@ from itstudy.training.prompt_lengths import load_length_profile
 
 def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):
     report = bench_command(
-        ["train", "--shape", "t5-tiny", "--batch", "4", "--steps", "3", "--max-source", "1024", "--max-target", "128",
+        ["train", "--shape", "scratch/t5-tiny", "--batch", "4", "--steps", "3", "--max-source", "1024", "--max-target", "128",
          "--threads", "1", "--out", str(tmp_path / "bench.json")]
     )
     ours, hugging_face = report["results"]
@@ -26,7 +26,7 @@ def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):
     assert 0 < ours["mfu"] < 1
     printed = capsys.readouterr().out
     assert "ratio ours / Seq2SeqTrainer (defaults)" in printed and "peak for MFU" in printed
-    assert json.loads((tmp_path / "bench.json").read_text())["setup"]["shape"] == "t5-tiny"
+    assert json.loads((tmp_path / "bench.json").read_text())["setup"]["shape"] == "scratch/t5-tiny"
 
 
 def test_the_length_profile_holds_real_prompt_lengths_per_task():

@@ -161,8 +161,8 @@ class VariantConfig(Spec):
 class ModelConfig(Spec):
     """Which model to fine-tune and how to tokenise."""
 
-    name: str = "t5-tiny"
-    """A named shape initialised from scratch (t5-tiny, t5-small, t5-base, t5-large, t5-xl), a Hugging Face id, or a local folder."""
+    name: str = "scratch/t5-tiny"
+    """A shape initialised from scratch (scratch/t5-tiny, -small, -base, -large, -xl, scratch/llama-tiny), a Hugging Face id (seq2seq or causal LM), or a local folder."""
     tokenizer: str = "t5"
     """t5: the T5 SentencePiece vocabulary from $ITSTUDY_T5_TOKENIZER or the hub; a hub id or folder; or 'bpe' to train one on the run's data."""
     precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"

@@ -1,7 +1,7 @@
 """`itstudy bench train`: training throughput of our step against Hugging Face's Seq2SeqTrainer.
 
-    itstudy bench train --shape t5-small --max-source 256 --max-target 64 --batch 8 --steps 12
-    python -m itstudy.training.bench train --shape t5-large --max-source 1024 --max-target 128 --batch 16
+    itstudy bench train --shape scratch/t5-small --max-source 256 --max-target 64 --batch 8 --steps 12
+    python -m itstudy.training.bench train --shape scratch/t5-large --max-source 1024 --max-target 128 --batch 16
 
 Both sides get the same model (a named T5 shape, same seed, same initial weights), the same
 examples, the same global batch, precision, optimiser (fused AdamW, constant learning rate,
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="itstudy bench", description="Benchmarks (see itstudy/training/bench.py).")
     commands = parser.add_subparsers(dest="what", required=True)
     train = commands.add_parser("train", help="training throughput: ours vs Seq2SeqTrainer")
-    train.add_argument("--shape", choices=list(NAMED_SHAPES), default="t5-small")
+    train.add_argument("--shape", choices=list(NAMED_SHAPES), default="scratch/t5-small")
     train.add_argument("--max-source", type=int, default=1024, help="source tokens kept (default 1024)")
     train.add_argument("--max-target", type=int, default=128, help="target tokens kept (default 128)")
     train.add_argument("--batch", type=int, default=8, help="sequences per forward pass")

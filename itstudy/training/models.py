@@ -1,13 +1,16 @@
 """Models, tokenizers and precision for instruction tuning of seq2seq (T5) and decoder-only models.
 
 A model is one of:
-- a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests and the demo, with
-  tied embeddings; `t5-small`, `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt
-  architecture: gated-GELU, untied input and output embeddings, vocabulary 32128), since no
-  pretrained weights are reachable here;
-- a named decoder-only shape from scratch (`llama-tiny`: a LlamaConfig, for tests);
+- a named T5 shape initialised from scratch with a seed (`scratch/t5-tiny` for tests and the demo,
+  with tied embeddings; `scratch/t5-small`, `-base`, `-large`, `-xl` with the T5 v1.1 / lm-adapt
+  architecture: gated-GELU, untied input and output embeddings, vocabulary 32128);
+- a named decoder-only shape from scratch (`scratch/llama-tiny`: a LlamaConfig, for tests);
 - a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path: an
   encoder-decoder (`config.is_encoder_decoder`) as a seq2seq model, anything else as a causal LM.
+
+Random shapes carry the `scratch/` prefix because the bare names (`t5-small`, ...) are pretrained
+checkpoints on the hub: a user who writes them expects trained weights, so they are refused with
+a hint naming both.
 
 A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_TOKENIZER, else
 the hub), a hub id or folder, or a byte-level BPE over whole words trained on the run's own texts (`bpe`).
@@ -59,20 +62,25 @@ _V11 = {"feed_forward_proj": "gated-gelu", "d_kv": 64, "relative_attention_num_b
 NAMED_SHAPES: dict[str, dict] = {
     # Not a public shape: tied input and output embeddings (as in the original T5, unlike v1.1), so
     # the decoder can answer with a word by reproducing its embedding from the prompt.
-    "t5-tiny": {"feed_forward_proj": "gated-gelu", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4,
+    "scratch/t5-tiny": {"feed_forward_proj": "gated-gelu", "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4,
                 "tie_word_embeddings": True},
-    "t5-small": {**_V11, "d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
-    "t5-base": {**_V11, "d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
-    "t5-large": {**_V11, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
-    "t5-xl": {**_V11, "d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32},
+    "scratch/t5-small": {**_V11, "d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6},
+    "scratch/t5-base": {**_V11, "d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12},
+    "scratch/t5-large": {**_V11, "d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16},
+    "scratch/t5-xl": {**_V11, "d_model": 2048, "d_ff": 5120, "num_layers": 24, "num_heads": 32},
 }
 
 # Decoder-only shapes. Not public shapes: tied embeddings, as t5-tiny, and positions enough for a
 # 1024-token prompt and a 128-token target.
 CAUSAL_SHAPES: dict[str, dict] = {
-    "llama-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "scratch/llama-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                    "num_key_value_heads": 2, "max_position_embeddings": 2048, "tie_word_embeddings": True},
 }
+
+SCRATCH_PREFIX = "scratch/"
+# Bare shape names that are pretrained checkpoints on the hub (where they are), for the refusal's hint.
+_HUB_CHECKPOINTS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large",
+                    "t5-xl": "google/t5-v1_1-xl"}
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -107,8 +115,20 @@ def is_causal(name: str) -> bool:
     return not _read_config(name).is_encoder_decoder
 
 
+def _refuse_bare_shape_name(name: str) -> None:
+    """A name that is a scratch shape without its prefix is refused: it reads as a pretrained model."""
+    if not is_named_shape(SCRATCH_PREFIX + name):
+        return
+    if name in _HUB_CHECKPOINTS:
+        what = f"is a pretrained checkpoint name on the Hugging Face Hub ({_HUB_CHECKPOINTS[name]})"
+    else:
+        what = "names no pretrained checkpoint"
+    raise ModelSpecError(f"{name!r} {what}; the randomly initialised shape is '{SCRATCH_PREFIX}{name}'")
+
+
 def _read_config(name: str):
     """The model's config.json, from a folder or the hub (the local cache when offline)."""
+    _refuse_bare_shape_name(name)
     folder = Path(name).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
