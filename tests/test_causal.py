@@ -15,7 +15,15 @@ from itstudy.data.task import Instance, LabelSpace, Task
 from itstudy.training.engine import LABEL_PAD, CausalExample, collate, token_counts
 from itstudy.training.evaluate import generate_predictions, label_log_likelihoods
 from itstudy.training.loop import InjectedFault, WorkerJob, run_worker
-from itstudy.training.models import ModelSpecError, build_model, check_model_available, is_causal, load_model, parameter_counts
+from itstudy.training.models import (
+    ModelSpecError,
+    build_model,
+    check_model_available,
+    is_causal,
+    load_model,
+    model_for_run,
+    parameter_counts,
+)
 from itstudy.training.prepare import encode_evaluation, encode_training, prepare_run
 from itstudy.training.reporter import PlainReporter
 from test_training_loop import tiny_study, without_timing  # tests/ is on sys.path (rootdir conftest)
@@ -106,3 +114,29 @@ def test_a_llama_tiny_run_learns_checkpoints_and_resumes_exactly(prepared, tmp_p
     resumed = run_worker(WorkerJob(failing, data, tokenizer), second_attempt)
     assert [r["step"] for r in second_attempt.history] == [40]  # resumed at 20
     assert without_timing(resumed) == without_timing(uninterrupted)  # loss and every metric, exactly
+
+
+def test_lora_trains_only_the_adapters_and_resumes_exactly(tmp_path):
+    study = tiny_study(tmp_path / "cache", f"model.name={LLAMA}", "model.lora={r: 4, alpha: 8}", "train.max_steps=10",
+                       "train.eval_every_steps=5", "data.test_instances_per_task=2")
+    tokenizer, data = prepare_run(study)
+    before = {name: p.detach().clone() for name, p in build_model(LLAMA, tokenizer, study.seed).named_parameters()}
+    reporter = PlainReporter(tmp_path / "a")
+    uninterrupted = run_worker(WorkerJob(study, data, tokenizer), reporter)
+    checkpoint = reporter.checkpoints()[-1] / "model"
+    assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").is_file()
+
+    trained = model_for_run(study.model, tokenizer, study.seed, checkpoint)
+    adapters = {name for name, p in trained.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in name for name in adapters)
+    for name, p in trained.named_parameters():
+        base = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if name in adapters:
+            assert "lora_B" not in name or p.abs().sum() > 0, f"{name} never trained (LoRA B starts at zero)"
+        else:
+            assert torch.equal(p, before[base]), f"{name} is not an adapter but changed"
+
+    failing = study.model_copy(update={"train": study.train.model_copy(update={"fail_at_step": 8})})
+    with pytest.raises(InjectedFault):
+        run_worker(WorkerJob(failing, data, tokenizer), PlainReporter(tmp_path / "b"))
+    assert without_timing(run_worker(WorkerJob(failing, data, tokenizer), PlainReporter(tmp_path / "b"))) == without_timing(uninterrupted)

@@ -158,6 +158,21 @@ class VariantConfig(Spec):
         return f"def-{self.definition}+ex-{self.examples}"
 
 
+class LoraConfig(Spec):
+    """Low-rank adapters (LoRA, through peft): the model's own weights are frozen, only the adapters train."""
+
+    r: int = Field(8, ge=1)
+    """Rank of each adapter."""
+    alpha: float = Field(16.0, gt=0)
+    """Scale numerator: an adapter's output is multiplied by alpha / r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input."""
+    target_modules: list[str] | None = None
+    """Module names that get adapters (e.g. [q_proj, v_proj]); null: peft's default for the architecture (T5 q, v; LLaMA q_proj, v_proj)."""
+
+    _floats = field_validator("alpha", "dropout", mode="before")(_int_is_a_float)
+
+
 class ModelConfig(Spec):
     """Which model to fine-tune and how to tokenise."""
 
@@ -169,6 +184,8 @@ class ModelConfig(Spec):
     """auto: bf16 on GPU, fp32 on CPU. fp16 is refused for T5 (it overflows to NaN)."""
     bpe_vocab_size: int = Field(2000, ge=100)
     """Vocabulary size when tokenizer is 'bpe'."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of every weight; null (default): full fine-tuning."""
 
     @model_validator(mode="after")
     def _refuse_fp16(self) -> "ModelConfig":

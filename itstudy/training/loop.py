@@ -60,7 +60,7 @@ from itstudy.training.checkpoints import (
 )
 from itstudy.training.engine import StepPlan, StepResult, collate, make_optimizer, make_scheduler, total_steps, train_step
 from itstudy.training.evaluate import evaluation_predictions
-from itstudy.training.models import build_model, compute_dtype, load_model, parameter_counts
+from itstudy.training.models import compute_dtype, model_for_run, parameter_counts
 from itstudy.training.prepare import RunData, prepare_run
 from itstudy.training.reporter import PlainReporter, Reporter
 
@@ -119,7 +119,7 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
     restored = usable_checkpoint(reporter.restored_checkpoint())
     reporter.resume_record(restored)
     saved = read_trainer_state(restored, job.data.token_digest, reporter.world_size, study) if restored else None
-    model = load_model(restored / "model") if restored else build_model(study.model.name, job.tokenizer, study.seed)
+    model = model_for_run(study.model, job.tokenizer, study.seed, restored / "model" if restored else None)
     model.to(reporter.device)
     trained = DistributedDataParallel(model, device_ids=_device_ids(reporter)) if reporter.world_size > 1 else model
     optimizer = make_optimizer(model, train.learning_rate, train.weight_decay)
@@ -273,6 +273,7 @@ def _log_run_start(job: WorkerJob, reporter: Reporter, accumulation: int, steps:
                 "train_examples": len(data.train),
                 "test_instances": len(data.test),
                 "model_parameters": parameter_counts(model)["total"],
+                "trainable_parameters": parameter_counts(model)["trainable"],
                 "compute_dtype": str(dtype).removeprefix("torch."),
                 "device": reporter.device.type,
                 "token_digest": data.token_digest,

@@ -242,6 +242,42 @@ def load_model(folder: str | Path) -> PreTrainedModel:
     return _auto_class(is_causal(str(folder))).from_pretrained(str(folder))
 
 
+def model_for_run(spec, tokenizer: PreTrainedTokenizerBase, seed: int, checkpoint: Path | None) -> PreTrainedModel:
+    """The model a run trains: built (`spec.name`, with `spec.lora` adapters if set), or restored from `checkpoint`.
+
+    `spec` is the study's model section. A LoRA checkpoint holds only the adapters
+    (`adapter_config.json`): the base model is built again (seeded, or from the hub) and the
+    saved adapters are loaded onto it, trainable.
+    """
+    if checkpoint is not None and not (checkpoint / ADAPTER_CONFIG).is_file():
+        return load_model(checkpoint)
+    model = build_model(spec.name, tokenizer, seed)
+    if spec.lora is None:
+        return model
+    from peft import PeftModel
+
+    if checkpoint is not None:
+        return PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
+    return with_lora(model, spec.lora.r, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules, seed)
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes beside the adapter weights
+
+
+def with_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str] | None, seed: int):
+    """`model` with LoRA adapters (peft), their random half drawn from `seed`; every other weight is frozen."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    config = LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_peft_model(model, config)
+    except ValueError as error:  # unknown target modules, or no default for this architecture
+        raise ModelSpecError(f"lora: {str(error).splitlines()[0]}") from None
+
+
 def _auto_class(causal: bool):
     return AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
 
