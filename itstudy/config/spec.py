@@ -226,6 +226,8 @@ class TrainConfig(Spec):
     """Evaluate and checkpoint every N steps; null: only at the end."""
     checkpoints_to_keep: int = Field(2, ge=1)
     """Checkpoints Ray keeps per run."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every worker holds all weights; fsdp: FSDP2 shards weights, gradients and optimiser state (bf16 on GPU, activation checkpointing)."""
     max_failures: int = Field(1, ge=0)
     """Restarts of the workers from the last checkpoint after a failure (Ray Train FailureConfig)."""
     log_every_steps: int = Field(10, ge=1)
@@ -335,6 +337,12 @@ class Study(Spec):
     """Optional Optuna search over hyperparameters within each grid point."""
     debug: bool = False
     """Smoke mode for CI: the loader caps steps, tasks, instances and lengths (grid axes keep their values)."""
+
+    @model_validator(mode="after")
+    def _lora_is_not_sharded(self) -> "Study":
+        if self.model.lora is not None and self.train.strategy == "fsdp":
+            raise ValueError("model.lora with train.strategy 'fsdp' is not supported; LoRA trains few weights: use 'ddp'")
+        return self
 
     @field_validator("grid")
     @classmethod

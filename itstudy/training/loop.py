@@ -45,7 +45,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from itstudy.config import Study, gradient_accumulation
 from itstudy.metrics import aggregate, score_predictions
@@ -63,6 +62,7 @@ from itstudy.training.evaluate import evaluation_predictions
 from itstudy.training.models import compute_dtype, model_for_run, parameter_counts
 from itstudy.training.prepare import RunData, prepare_run
 from itstudy.training.reporter import PlainReporter, Reporter
+from itstudy.training.sharding import for_training, gathered, load_optimizer_state
 
 
 class InjectedFault(RuntimeError):
@@ -121,11 +121,11 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
     saved = read_trainer_state(restored, job.data.token_digest, reporter.world_size, study) if restored else None
     model = model_for_run(study.model, job.tokenizer, study.seed, restored / "model" if restored else None)
     model.to(reporter.device)
-    trained = DistributedDataParallel(model, device_ids=_device_ids(reporter)) if reporter.world_size > 1 else model
+    trained = for_training(model, train.strategy, reporter.world_size, _device_ids(reporter), dtype)
     optimizer = make_optimizer(model, train.learning_rate, train.weight_decay)
     scheduler = make_scheduler(optimizer, train.schedule, train.warmup_steps, steps)
     if saved:
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(model, optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"][reporter.rank])
     else:
@@ -229,6 +229,7 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
 
     Every rank reports (a barrier); only rank 0 passes the checkpoint and the figures.
     """
+    model, optimizer_state = gathered(model, optimizer)  # whole weights: sharded generation would hang
     predictions = evaluation_predictions(
         model, job.tokenizer, job.data.test, job.study, dtype=dtype, rank=reporter.rank, world_size=reporter.world_size
     )
@@ -244,7 +245,7 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
         reporter.log_metrics(evaluation, step=step)
     metrics = {**training, **evaluation}
     checkpoint = write_checkpoint(
-        job.study, job.data.token_digest, job.tokenizer, model, optimizer, scheduler, step, rng_states, metrics
+        job.study, job.data.token_digest, job.tokenizer, model, optimizer_state, scheduler, step, rng_states, metrics
     )
     reporter.record_into(checkpoint)  # the metric record up to this step travels with the checkpoint
     seal_checkpoint(checkpoint)
