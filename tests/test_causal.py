@@ -140,3 +140,14 @@ def test_lora_trains_only_the_adapters_and_resumes_exactly(tmp_path):
     with pytest.raises(InjectedFault):
         run_worker(WorkerJob(failing, data, tokenizer), PlainReporter(tmp_path / "b"))
     assert without_timing(run_worker(WorkerJob(failing, data, tokenizer), PlainReporter(tmp_path / "b"))) == without_timing(uninterrupted)
+
+
+def test_the_benchmark_trains_a_causal_shape_on_both_sides_over_the_same_tokens(tmp_path):
+    from itstudy.training.bench import bench_command
+
+    report = bench_command(["train", "--shape", LLAMA, "--batch", "2", "--steps", "3", "--max-source", "256",
+                            "--max-target", "64", "--threads", "1"])
+    ours, hugging_face = report["results"]
+    processed = lambda r: r["tokens_per_s"] * r["seconds"]
+    assert processed(ours) == pytest.approx(processed(hugging_face))  # prompt + target tokens, counted once
+    assert ours["samples_per_s"] * ours["seconds"] == pytest.approx(6) and 0 < ours["mfu"] < 1
