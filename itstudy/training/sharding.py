@@ -65,7 +65,6 @@ def gathered(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Mod
     if not is_sharded(model):
         return model, optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
     from torch.distributed.fsdp import FSDPModule
 
     weights = get_model_state_dict(model, options=_options())
@@ -75,8 +74,26 @@ def gathered(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Mod
     device = next(iter(weights.values())).device
     with torch.random.fork_rng(devices=[]), torch.device(device):  # its random init is overwritten at once
         whole = own_class(model.config)
+    _untie_output_embedding(whole, weights)
     whole.load_state_dict(weights)
     return whole.eval(), optimizer_state
+
+
+def _untie_output_embedding(model: nn.Module, weights: dict) -> None:
+    """Give the copy its own output embedding where the trained model has one (before loading).
+
+    transformers ties T5's lm_head to its input embedding at construction even for v1.1 /
+    lm-adapt configs (see `models.new_t5`); loading both into one tensor would keep only one.
+    """
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if head.weight is not embedding.weight:
+        return
+    names = {module: name for name, module in model.named_modules() if module in (head, embedding)}
+    saved = {module: weights.get(f"{name}.weight") for module, name in names.items()}
+    if saved[head] is not None and saved[embedding] is not None and not torch.equal(saved[head], saved[embedding]):
+        head.weight = nn.Parameter(torch.empty_like(saved[head]))
+        # and forget the tie, so that save_pretrained writes the head (as models.new_t5 does)
+        getattr(model, "all_tied_weights_keys", {}).pop(f"{names[head]}.weight", None)
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
