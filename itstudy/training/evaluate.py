@@ -4,8 +4,8 @@ Prompts are sorted by length and batched, each batch padded only to its longest 
 decoded greedily (one beam, no sampling) until every sequence has produced </s> or
 `max_new_tokens`. Under data parallelism the batches are dealt round-robin to the ranks and the
 predictions gathered on every rank, so evaluating costs 1/world_size of the time. Each rank
-generates with the plain (unwrapped) model: with DDP every rank holds all weights, so no rank
-waits on another inside `generate` (sharded FSDP / ZeRO-3 would need `synced_gpus=True`).
+generates with a plain model holding all weights (under DDP the unwrapped model; under FSDP a
+copy gathered by `itstudy.training.sharding.gathered`), so no rank waits on another inside `generate`.
 
 A decoder-only model continues its prompt: prompts are padded on the left, so every row's
 answer starts at the same column, and decoded with the KV cache (`generate`'s default); only the
