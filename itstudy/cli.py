@@ -4,7 +4,7 @@
     itstudy sync     experiments/demo.yaml [KEY=VALUE ...]   send MLflow the metrics an outage kept from it
     itstudy train    experiments/train_tiny.yaml [KEY=VALUE ...]   one training run on Ray Train
     itstudy baseline random majority --experiment FILE [--seeds 1 2 3] [--set KEY=VALUE ...]
-    itstudy bench    train --shape t5-small ...
+    itstudy bench    train --shape scratch/t5-small ...
     itstudy report   experiments/demo.yaml | STUDY_NAME
     itstudy ui       experiments/demo.yaml | STUDY_NAME
 

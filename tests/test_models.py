@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config
 
 from itstudy.data.task import Example
 from itstudy.prompts import render_definition, render_example, render_task_input
@@ -25,10 +24,10 @@ from itstudy.training.models import (
 
 # Parameter counts of google/t5-v1_1-{small,base,large,xl} (same architecture as t5-*-lm-adapt).
 PUBLIC_PARAMETER_COUNTS = {
-    "t5-small": 76_961_152,
-    "t5-base": 247_577_856,
-    "t5-large": 783_150_080,
-    "t5-xl": 2_849_757_184,
+    "scratch/t5-small": 76_961_152,
+    "scratch/t5-base": 247_577_856,
+    "scratch/t5-large": 783_150_080,
+    "scratch/t5-xl": 2_849_757_184,
 }
 
 
@@ -41,14 +40,14 @@ def test_named_shapes_have_the_public_parameter_counts(shape):
 
 
 def test_initialisation_is_seeded():
-    config = t5_config("t5-tiny", vocab_size=256)
+    config = t5_config("scratch/t5-tiny", vocab_size=256)
     first, again, other = new_t5(config, seed=3), new_t5(config, seed=3), new_t5(config, seed=4)
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
     assert not torch.equal(first.shared.weight, other.shared.weight)
 
 
 def test_a_saved_model_loads_back_through_from_pretrained(tmp_path, t5_tokenizer):
-    model = build_model("t5-tiny", t5_tokenizer, seed=0)
+    model = build_model("scratch/t5-tiny", t5_tokenizer, seed=0)
     assert model.config.vocab_size == 32128 == padded_vocab_size(t5_tokenizer)
     model.save_pretrained(tmp_path / "tiny")
     check_model_available(str(tmp_path / "tiny"))
@@ -65,10 +64,18 @@ def test_unknown_model_name_offline_is_refused_with_the_reason():
         check_model_available("google/no-such-t5")
 
 
-def test_a_decoder_only_model_folder_is_refused(tmp_path):
-    GPT2Config(n_layer=1, n_head=2, n_embd=8).save_pretrained(tmp_path)
-    with pytest.raises(ModelSpecError, match="not an encoder-decoder"):
-        check_model_available(str(tmp_path))
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("t5-small", "'t5-small' is a pretrained checkpoint name on the Hugging Face Hub (google-t5/t5-small); "
+                     "the randomly initialised shape is 'scratch/t5-small'"),
+        ("llama-tiny", "'llama-tiny' names no pretrained checkpoint; the randomly initialised shape is 'scratch/llama-tiny'"),
+    ],
+)
+def test_a_bare_shape_name_is_refused_with_the_scratch_name(name, hint):
+    with pytest.raises(ModelSpecError) as refused:
+        check_model_available(name)
+    assert str(refused.value) == hint
 
 
 def test_precision_auto_is_bf16_on_gpu_fp32_on_cpu_and_fp16_is_refused():

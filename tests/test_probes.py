@@ -56,7 +56,7 @@ def test_label_space_rate_counts_normalised_predictions_inside_the_tasks_labels(
 
 @pytest.fixture(scope="module")
 def tiny_t5(t5_tokenizer):
-    return build_model("t5-tiny", t5_tokenizer, seed=3).eval()
+    return build_model("scratch/t5-tiny", t5_tokenizer, seed=3).eval()
 
 
 def _item(tokenizer, text, labels, references, task="task1_a") -> EvalItem:

@@ -238,7 +238,7 @@ def write_fixture_study(
     parent_id = create_run(uri, experiment_id, f"{experiment}-sweep", {"itstudy.kind": "sweep", "itstudy.study": experiment,
                                                                         "itstudy.config_digest": "fixture000"})
     parent = RunLogger(uri, parent_id)
-    parent.log_params({"description": "fixture study", "model": {"name": "t5-tiny"}, "data": {"source": "fixture"},
+    parent.log_params({"description": "fixture study", "model": {"name": "scratch/t5-tiny"}, "data": {"source": "fixture"},
                        "env": {"git_commit": "0123abcd", "git_dirty": "false"},
                        "grid": {"variant.definition": ["original", "simplified"], "seed": list(seeds)}})
     parent.log_text("name: fixture\n", "experiment/fixture.yaml")
@@ -367,7 +367,7 @@ def test_report_says_what_failed_what_never_ran_and_what_was_left_out(fixture_re
     assert "task1415_youtube_caption_corrections" in html  # named in the notes, not in any table
     differences = pd.read_csv(fixture_report.parent / "task_differences.csv", index_col="task")
     assert "task1415_youtube_caption_corrections" not in differences.index
-    assert "git 0123abcd" in html and "t5-tiny" in html and "fixture.yaml" in html
+    assert "git 0123abcd" in html and "scratch/t5-tiny" in html and "fixture.yaml" in html
     runs = pd.read_csv(fixture_report.parent / "runs.csv")
     assert (runs["status"] == "FAILED").sum() == 1
     assert runs.loc[runs["status"] == "FINISHED", "data_digest"].str.startswith("digest-").all()
@@ -570,7 +570,7 @@ data:
   test_instances_per_task: 8
   synthetic: {{instances_per_task: 40}}
   cache_dir: {cache}
-model: {{name: t5-tiny, tokenizer: bpe, bpe_vocab_size: 300, precision: fp32}}
+model: {{name: scratch/t5-tiny, tokenizer: bpe, bpe_vocab_size: 300, precision: fp32}}
 train: {{global_batch_size: 8, per_device_batch_size: 8, learning_rate: 1.0e-3, epochs: 1, max_steps: 2,
         max_source_length: 128, max_target_length: 8, log_every_steps: 1, checkpoints_to_keep: 1}}
 eval: {{batch_size: 64, max_new_tokens: 4}}

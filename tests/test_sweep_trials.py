@@ -43,13 +43,13 @@ def test_grid_expands_to_the_product_with_stable_unique_readable_keys():
 
 
 def test_any_config_key_can_be_an_axis_and_changes_key_and_sweep_name():
-    study = load_study(DEMO, ["grid={data.num_train_tasks: [4, 8], model.name: [t5-tiny]}"])
+    study = load_study(DEMO, ["grid={data.num_train_tasks: [4, 8], model.name: [scratch/t5-tiny]}"])
     trials = expand_grid(study)
     assert [trial.study.data.num_train_tasks for trial in trials] == [4, 8]
-    assert "_tasks4_" in trials[0].key and "_t5-tiny_" in trials[0].key
+    assert "_tasks4_" in trials[0].key and "_scratch-t5-tiny_" in trials[0].key
     assert sweep_name(study) != sweep_name(load_study(DEMO))
     # Changing anything in the config changes the digest in every key.
-    other = load_study(DEMO, ["grid={data.num_train_tasks: [4, 8], model.name: [t5-tiny]}", "train.epochs=4"])
+    other = load_study(DEMO, ["grid={data.num_train_tasks: [4, 8], model.name: [scratch/t5-tiny]}", "train.epochs=4"])
     assert {t.key for t in expand_grid(other)}.isdisjoint({t.key for t in trials})
 
 
@@ -75,7 +75,13 @@ def test_untuned_baseline_is_shared_across_data_sizes_unless_the_tokenizer_learn
     assert len(untuned_trials(learnt_vocab, expand_grid(learnt_vocab))) == 4  # BPE is trained on the sample
     assert untuned_trials(_study(baselines=["random"], grid=grid), expand_grid(_study(grid=grid))) == []
     baseline = untuned_trial(expand_grid(pretrained_vocab)[0])
-    assert baseline.key.startswith("baseline-untuned_def-original+ex-original_s1_")
+    assert baseline.key.startswith("baseline-untuned_scratch-t5-tiny_def-original+ex-original_s1_")
+
+
+def test_each_model_of_a_model_axis_has_its_own_untuned_baseline():
+    study = _study(baselines=["untuned"], model={"tokenizer": "t5"}, grid={"model.name": ["scratch/t5-tiny", "scratch/llama-tiny"]})
+    labels = sorted(baseline.label for baseline in untuned_trials(study, expand_grid(study)))
+    assert labels == ["untuned_scratch-llama-tiny_def-original+ex-original", "untuned_scratch-t5-tiny_def-original+ex-original"]
 
 
 def test_search_space_is_checked_against_the_config():

@@ -17,7 +17,7 @@ from itstudy.training.prompt_lengths import load_length_profile
 
 def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):
     report = bench_command(
-        ["train", "--shape", "t5-tiny", "--batch", "4", "--steps", "3", "--max-source", "1024", "--max-target", "128",
+        ["train", "--shape", "scratch/t5-tiny", "--batch", "4", "--steps", "3", "--max-source", "1024", "--max-target", "128",
          "--threads", "1", "--out", str(tmp_path / "bench.json")]
     )
     ours, hugging_face = report["results"]
@@ -28,7 +28,7 @@ def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):
     assert 0 < ours["mfu"] < 1
     printed = capsys.readouterr().out
     assert "ratio ours / Seq2SeqTrainer (defaults)" in printed and "peak for MFU" in printed
-    assert json.loads((tmp_path / "bench.json").read_text())["setup"]["shape"] == "t5-tiny"
+    assert json.loads((tmp_path / "bench.json").read_text())["setup"]["shape"] == "scratch/t5-tiny"
 
 
 def test_the_length_profile_holds_real_prompt_lengths_per_task():
@@ -69,7 +69,7 @@ def test_the_command_line_is_parsed_without_torch():
     # `itstudy bench train --help` must answer at once: the parser and its checks load no torch.
     code = (
         "import sys; from itstudy.training.bench_args import parse_bench_args; "
-        "args = parse_bench_args(['train', '--shape', 't5-tiny', '--batch', '2']); "
-        "assert args.shape == 't5-tiny' and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+        "args = parse_bench_args(['train', '--shape', 'scratch/t5-tiny', '--batch', '2']); "
+        "assert args.shape == 'scratch/t5-tiny' and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -40,7 +40,7 @@ def test_an_unknown_model_name_offline_is_refused():
 
 
 def test_a_bpe_tokenizer_with_a_pretrained_model_is_refused(tmp_path):
-    new_t5(t5_config("t5-tiny", vocab_size=256), seed=0).save_pretrained(tmp_path / "pretrained")
+    new_t5(t5_config("scratch/t5-tiny", vocab_size=256), seed=0).save_pretrained(tmp_path / "pretrained")
     assert "model.tokenizer: 'bpe'" in refused(f"model.name={tmp_path / 'pretrained'}")
 
 

@@ -106,7 +106,7 @@ def test_collate_pads_dynamically_with_contiguous_tensors():
 
 
 def test_the_step_loss_is_a_token_mean_whatever_the_accumulation():
-    config = t5_config("t5-tiny", vocab_size=64)
+    config = t5_config("scratch/t5-tiny", vocab_size=64)
     config.dropout_rate = 0.0
     rng = random.Random(0)
     examples = [
@@ -160,7 +160,7 @@ def test_the_variant_reaches_test_prompts_only_when_asked(tmp_path):
 
 def test_predictions_do_not_depend_on_batching_and_keep_item_order(prepared):
     study, tokenizer, data = prepared
-    model = new_t5(t5_config("t5-tiny", vocab_size=1024), seed=0)
+    model = new_t5(t5_config("scratch/t5-tiny", vocab_size=1024), seed=0)
     items = data.test[:9]
     one_by_one = generate_predictions(model, tokenizer, items, batch_size=1, max_new_tokens=4)
     batched = generate_predictions(model, tokenizer, items, batch_size=4, max_new_tokens=4)

@@ -170,17 +170,34 @@ class VariantConfig(Spec):
         return f"def-{self.definition}+ex-{self.examples}"
 
 
+class LoraConfig(Spec):
+    """Low-rank adapters (LoRA, through peft): the model's own weights are frozen, only the adapters train."""
+
+    r: int = Field(8, ge=1)
+    """Rank of each adapter."""
+    alpha: float = Field(16.0, gt=0)
+    """Scale numerator: an adapter's output is multiplied by alpha / r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input."""
+    target_modules: list[str] | None = None
+    """Module names that get adapters (e.g. [q_proj, v_proj]); null: peft's default for the architecture (T5 q, v; LLaMA q_proj, v_proj)."""
+
+    _floats = field_validator("alpha", "dropout", mode="before")(_int_is_a_float)
+
+
 class ModelConfig(Spec):
     """Which model to fine-tune and how to tokenise."""
 
-    name: str = "t5-tiny"
-    """A named shape initialised from scratch (t5-tiny, t5-small, t5-base, t5-large, t5-xl), a Hugging Face id, or a local folder."""
+    name: str = "scratch/t5-tiny"
+    """A shape initialised from scratch (scratch/t5-tiny, -small, -base, -large, -xl, scratch/llama-tiny), a Hugging Face id (seq2seq or causal LM), or a local folder."""
     tokenizer: str = "t5"
     """t5: the T5 SentencePiece vocabulary from $ITSTUDY_T5_TOKENIZER or the hub; a hub id or folder; or 'bpe' to train one on the run's data."""
     precision: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU. fp16 is refused for T5 (it overflows to NaN)."""
     bpe_vocab_size: int = Field(2000, ge=100)
     """Vocabulary size when tokenizer is 'bpe'."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of every weight; null (default): full fine-tuning."""
 
     @model_validator(mode="after")
     def _refuse_fp16(self) -> "ModelConfig":
@@ -221,6 +238,8 @@ class TrainConfig(Spec):
     """Evaluate and checkpoint every N steps; null: only at the end."""
     checkpoints_to_keep: int = Field(2, ge=1)
     """Checkpoints Ray keeps per run."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """ddp: every worker holds all weights; fsdp: FSDP2 shards weights, gradients and optimiser state (bf16 on GPU, activation checkpointing)."""
     max_failures: int = Field(1, ge=0)
     """Restarts of the workers from the last checkpoint after a failure (Ray Train FailureConfig)."""
     log_every_steps: int = Field(10, ge=1)
@@ -354,6 +373,12 @@ class Study(Spec):
                 "data.dev_tasks=0 leaves no dev split, but eval.select_on=dev or a search chooses on it; "
                 "set data.dev_tasks >= 1 (or eval.select_on=last and no search)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _lora_is_not_sharded(self) -> "Study":
+        if self.model.lora is not None and self.train.strategy == "fsdp":
+            raise ValueError("model.lora with train.strategy 'fsdp' is not supported; LoRA trains few weights: use 'ddp'")
         return self
 
     @field_validator("grid")

@@ -150,6 +150,8 @@ def untuned_trial(trial: Trial) -> Trial:
     probe = study.model_copy(
         update={"data": data, "train": TrainConfig(**kept_train), "resources": ResourcesConfig(), "search": None}
     )
-    label = f"untuned_{study.variant.name}" + (f"_n{study.data.instances_per_task}" if study.model.tokenizer == "bpe" else "")
+    # The model is named: over a model axis, each scale's untuned row stands beside its own trials.
+    label = f"untuned_{_short(study.model.name)}_{study.variant.name}"
+    label += f"_n{study.data.instances_per_task}" if study.model.tokenizer == "bpe" else ""
     key = f"baseline-{label}_s{study.seed}_{identity_digest(probe)[:8]}"
     return Trial(key=key, point=dict(trial.point), study=probe, label=label)

@@ -1,9 +1,10 @@
 """`itstudy bench train`: training throughput of our step against Hugging Face's Seq2SeqTrainer.
 
-    itstudy bench train --shape t5-small --max-source 256 --max-target 64 --batch 8 --steps 12
-    python -m itstudy.training.bench train --shape t5-large --max-source 1024 --max-target 128 --batch 16
+    itstudy bench train --shape scratch/t5-small --max-source 256 --max-target 64 --batch 8 --steps 12
+    python -m itstudy.training.bench train --shape scratch/t5-large --max-source 1024 --max-target 128 --batch 16
 
-Both sides get the same model (a named T5 shape, same seed, same initial weights), the same
+Both sides get the same model (a named T5 shape, or the decoder-only `scratch/llama-tiny`, same
+seed, same initial weights), the same
 examples, the same global batch, precision, optimiser (fused AdamW, constant learning rate,
 gradient clipping 1.0) and number of steps, one epoch over the examples, no evaluation.
 Ours is `itstudy.training.engine` exactly as the training loop uses it: length-grouped global
@@ -20,7 +21,8 @@ Measured: non-padding tokens/s (source + target), samples/s, model FLOPs utilisa
 memory. MFU counts 6 FLOPs per parameter per token, split by stack:
     FLOPs per step = 6 * N_enc * source_tokens + 6 * N_dec * target_tokens
 with N_enc the encoder's matmul weights and N_dec the decoder's plus the output projection
-(input embeddings excluded: a lookup), over non-padding tokens only; attention-score FLOPs
+(input embeddings excluded: a lookup), over non-padding tokens only (a decoder-only model runs
+every prompt and target token through its one stack: 6 * N * (source + target)); attention-score FLOPs
 (QK^T and AV) are left out, so MFU is slightly understated at long sources. Peak: 790 TFLOP/s
 for bf16 on H100/H200 (what an 8192^3 bf16 matmul reaches on both), or on CPU an fp32 2048^3
 matmul measured at start-up on this machine.
@@ -49,9 +51,27 @@ from pathlib import Path
 import torch
 import transformers
 
-from itstudy.training.engine import Seq2SeqExample, StepPlan, collate, make_optimizer, make_scheduler, train_step
 from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
-from itstudy.training.models import compute_dtype, new_t5, parameter_counts, t5_config
+from itstudy.training.engine import (
+    CausalExample,
+    Seq2SeqExample,
+    StepPlan,
+    collate,
+    make_optimizer,
+    make_scheduler,
+    token_counts,
+    train_step,
+)
+from itstudy.training.models import (
+    CAUSAL_SHAPES,
+    T5_VOCAB_SIZE,
+    compute_dtype,
+    llama_config,
+    new_llama,
+    new_t5,
+    parameter_counts,
+    t5_config,
+)
 from itstudy.training.prompt_lengths import LENGTHS_FILE, examples_with_prompt_lengths, load_length_profile, write_length_profile
 
 GPU_BF16_PEAK_FLOPS = 790e12  # an 8192^3 bf16 matmul, measured on H100 and on H200
@@ -117,6 +137,7 @@ class StepClock:
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
         self.device = device
+        self.causal = not model.config.is_encoder_decoder
         self.started: float | None = None
         self.ended = 0.0
         self.cpu_started = self.cpu_ended = 0.0
@@ -124,10 +145,12 @@ class StepClock:
         model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs) -> None:
-        self.source += int(kwargs["attention_mask"].sum())
-        self.target += int((kwargs["labels"] != -100).sum())
+        source, target = token_counts(kwargs, self.causal)
+        self.source += source
+        self.target += target
         self.samples += len(kwargs["input_ids"])
-        self.padded += kwargs["input_ids"].numel() + kwargs["labels"].numel()
+        # a causal row holds prompt and target in one padded sequence
+        self.padded += kwargs["input_ids"].numel() + (0 if self.causal else kwargs["labels"].numel())
 
     def step_started(self) -> None:
         if self.started is None:
@@ -198,9 +221,11 @@ def run_hugging_face(model, examples, args, device, dtype, clock: StepClock, gro
         def on_step_end(self, *_, **__):
             clock.step_done()
 
+    example = type(examples[0])
+
     def collator(features):
         # Pads to the longest member of the batch, as DataCollatorForSeq2Seq(padding=True) does.
-        return collate([Seq2SeqExample(tuple(f["input_ids"]), tuple(f["labels"])) for f in features], PAD_ID)
+        return collate([example(tuple(f["input_ids"]), tuple(f["labels"])) for f in features], PAD_ID)
 
     dataset = [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in examples]
     steps = len(examples) // (args.batch * args.accumulation)
@@ -238,12 +263,16 @@ def bench_train(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = compute_dtype(args.precision, device)
-    config = t5_config(args.shape)
+    causal = args.shape in CAUSAL_SHAPES
+    config = llama_config(args.shape, T5_VOCAB_SIZE, PAD_ID, 1, None) if causal else t5_config(args.shape)
+    new_model = new_llama if causal else new_t5
     profile = load_length_profile(Path(args.lengths or LENGTHS_FILE))
     global_batch = args.batch * args.accumulation
     examples = examples_with_prompt_lengths(
         profile, global_batch * args.steps, args.max_source, args.max_target, config.vocab_size, args.seed
     )
+    if causal:  # the same ids, as prompt then target of one sequence
+        examples = [CausalExample(e.input_ids, e.labels) for e in examples]
     # MFU is stated against bf16 peak on GPU and measured fp32 peak on CPU; fp32 on GPU has no stated peak here.
     peak = cpu_peak_flops() if device.type == "cpu" else GPU_BF16_PEAK_FLOPS if dtype == torch.bfloat16 else float("nan")
     sides = [("ours (itstudy engine)", run_ours, {})]
@@ -257,9 +286,9 @@ def bench_train(args) -> dict:
     load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
         for name, run, options in sides:
-            model = new_t5(config, args.seed).to(device)
+            model = new_model(config, args.seed).to(device)
             counts = parameter_counts(model)
-            flops_per_token = (6.0 * counts["encoder"], 6.0 * counts["decoder"])
+            flops_per_token = (6.0 * (counts["decoder"] if causal else counts["encoder"]), 6.0 * counts["decoder"])
             warm_up(model, examples, device, dtype)
             clock = StepClock(model, device)
             _reset_peak_memory(device)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from itstudy.errors import UserError
-from itstudy.training.shapes import NAMED_SHAPES
+from itstudy.training.shapes import CAUSAL_SHAPES, NAMED_SHAPES
 
 POSITIVE = ("max_source", "max_target", "batch", "accumulation", "steps", "threads", "repeats")
 """Arguments that count something: each must be a whole number of at least 1."""
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="itstudy bench", description="Benchmarks (see itstudy/training/bench.py).")
     commands = parser.add_subparsers(dest="what", required=True)
     train = commands.add_parser("train", help="training throughput: ours vs Seq2SeqTrainer")
-    train.add_argument("--shape", choices=list(NAMED_SHAPES), default="t5-small")
+    train.add_argument("--shape", choices=[*NAMED_SHAPES, *CAUSAL_SHAPES], default="scratch/t5-small")
     train.add_argument("--max-source", type=int, default=1024, help="source tokens kept (default 1024)")
     train.add_argument("--max-target", type=int, default=128, help="target tokens kept (default 128)")
     train.add_argument("--batch", type=int, default=8, help="sequences per forward pass")

@@ -35,15 +35,18 @@ CHECKPOINT_PREFIX = "checkpoint_"
 
 
 def write_checkpoint(
-    study: Study, token_digest: str, tokenizer: Any, model, optimizer, scheduler, step: int, rng_states: list[dict], metrics: dict
+    study: Study, token_digest: str, tokenizer: Any, model, optimizer_state: dict, scheduler, step: int, rng_states: list[dict], metrics: dict
 ) -> Path:
-    """A new temporary folder holding the checkpoint at `step`; the reporter moves or copies it."""
+    """A new temporary folder holding the checkpoint at `step`; the reporter moves or copies it.
+
+    `model` holds every weight and `optimizer_state` is the whole state (`sharding.gathered`).
+    """
     folder = Path(tempfile.mkdtemp(prefix=f"itstudy-checkpoint-{step}-"))
     model.save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "tokenizer")
     state = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": rng_states,
         "world_size": len(rng_states),

@@ -1,5 +1,10 @@
-"""The torch-only mechanics of seq2seq training steps: batches grouped by length, dynamic padding,
+"""The torch-only mechanics of training steps: batches grouped by length, dynamic padding,
 AdamW, the learning-rate schedule and gradient accumulation with a correct token-mean loss.
+
+Seq2seq and decoder-only models share all of it; only `collate` differs. A seq2seq pair feeds the
+prompt to the encoder and the target to the decoder. A causal pair (`CausalExample`) is one
+sequence, prompt then target: the loss covers only the target tokens (the prompt's labels are
+-100), as Tk-Instruct's decoder-only models and Alpaca were trained.
 
 Shared by the study's training loop (`itstudy.training.loop`) and the benchmark
 (`itstudy.training.bench`), which must run where only torch and transformers are installed; so
@@ -39,6 +44,12 @@ class Seq2SeqExample:
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CausalExample(Seq2SeqExample):
+    """A training pair for a decoder-only model: `input_ids` is the prompt (no </s>), `labels` the
+    target (ending with </s>); `collate` joins them into one sequence."""
 
 
 # --- which examples go into which step -------------------------------------------------------
@@ -109,6 +120,8 @@ def collate(examples: Sequence[Seq2SeqExample], pad_id: int) -> dict[str, torch.
 
     Tensors are built fresh and contiguous: T5's loss calls `labels.view(-1)`.
     """
+    if isinstance(examples[0], CausalExample):
+        return collate_causal(examples, pad_id)
     source_length = max(len(example.input_ids) for example in examples)
     target_length = max(len(example.labels) for example in examples)
     input_ids = torch.full((len(examples), source_length), pad_id, dtype=torch.long)
@@ -119,9 +132,34 @@ def collate(examples: Sequence[Seq2SeqExample], pad_id: int) -> dict[str, torch.
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
 
 
-def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(source, target) non-padding tokens of a collated batch."""
-    return int(batch["attention_mask"].sum()), int((batch["labels"] != LABEL_PAD).sum())
+def collate_causal(examples: Sequence[Seq2SeqExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompt + target per row, padded on the right; labels are -100 except on the target.
+
+    The attention mask comes from the lengths, not from `pad_id`: a tokenizer without a pad token
+    pads with </s>, which every target ends with.
+    """
+    length = max(len(example.input_ids) + len(example.labels) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), LABEL_PAD, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        prompt, target = len(example.input_ids), len(example.labels)
+        input_ids[row, : prompt + target] = torch.tensor(example.input_ids + example.labels)
+        labels[row, prompt : prompt + target] = torch.tensor(example.labels)
+        attention_mask[row, : prompt + target] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def token_counts(batch: dict[str, torch.Tensor], causal: bool = False) -> tuple[int, int]:
+    """(source, target) non-padding tokens of a collated batch; a causal row holds both in one sequence."""
+    target = int((batch["labels"] != LABEL_PAD).sum())
+    attended = int(batch["attention_mask"].sum())
+    return (attended - target if causal else attended), target
+
+
+def is_causal_model(model: nn.Module) -> bool:
+    """Whether `model` (bare, or wrapped by DDP) is decoder-only."""
+    return not getattr(model, "module", model).config.is_encoder_decoder
 
 
 # --- optimiser and schedule ------------------------------------------------------------------
@@ -181,10 +219,11 @@ def train_step(
     synchronised only on the last micro-batch (`no_sync` before it).
     """
     device = next(model.parameters()).device
+    causal = is_causal_model(model)
     result = StepResult(0.0, 0, 0, 0)
     loss_sum = torch.zeros((), device=device)  # summed on the device: one host sync per step, not per micro-batch
     for index, batch in enumerate(micro_batches):
-        source_tokens, target_tokens = token_counts(batch)
+        source_tokens, target_tokens = token_counts(batch, causal)
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         last = index == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()

@@ -1,11 +1,15 @@
-"""Zero-shot evaluation of a seq2seq model on the test prompts: greedy generation, SuperNI metrics.
+"""Zero-shot evaluation of a seq2seq or decoder-only model on the test prompts: greedy generation, SuperNI metrics.
 
 Prompts are sorted by length and batched, each batch padded only to its longest prompt, and
 decoded greedily (one beam, no sampling) until every sequence has produced </s> or
 `max_new_tokens`. Under data parallelism the batches are dealt round-robin to the ranks and the
 predictions gathered on every rank, so evaluating costs 1/world_size of the time. Each rank
-generates with the plain (unwrapped) model: with DDP every rank holds all weights, so no rank
-waits on another inside `generate` (sharded FSDP / ZeRO-3 would need `synced_gpus=True`).
+generates with a plain model holding all weights (under DDP the unwrapped model; under FSDP a
+copy gathered by `itstudy.training.sharding.gathered`), so no rank waits on another inside `generate`.
+
+A decoder-only model continues its prompt: prompts are padded on the left, so every row's
+answer starts at the same column, and decoded with the KV cache (`generate`'s default); only the
+generated tokens are kept. Masks come from the prompts' lengths, not the pad id (which may be </s>).
 
 Rank classification (`eval.rank_classification`, as lm-evaluation-harness scores multiple
 choice): every label of a classification instance's task is scored by the model's summed
@@ -13,7 +17,7 @@ log-likelihood of it as the target (`EvalItem.label_ids`, which `itstudy.trainin
 tokenises exactly as training targets, with </s>), and
 the best label (ties: the first in label order) becomes the prediction's `rank_choice`. A batch
 encodes its prompts once and scores every (prompt, label) pair teacher-forced in one decoder
-pass; no generation. Batches are dealt to the ranks and gathered like generation's.
+pass (a decoder-only model reads each prompt + label sequence in one pass); no generation. Batches are dealt to the ranks and gathered like generation's.
 
 Scoring is `itstudy.metrics` (Tk-Instruct's exact match and ROUGE-L, and the format and probe
 figures): this module only produces the predictions, except for the dev tasks (`dev_metrics`),
@@ -99,12 +103,20 @@ def _length_sorted_batches(items: Sequence[EvalItem], batch_size: int) -> list[l
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _pad(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(sequences: list[tuple[int, ...]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask, padded on the right (or the left); the mask comes from the lengths."""
     longest = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence)
-    return input_ids, (input_ids != pad_id).long()
+        columns = slice(longest - len(sequence), longest) if left else slice(0, len(sequence))
+        input_ids[row, columns] = torch.tensor(sequence)
+        attention_mask[row, columns] = 1
+    return input_ids, attention_mask
+
+
+def _is_causal(model) -> bool:
+    return not model.config.is_encoder_decoder
 
 
 @torch.no_grad()
@@ -121,11 +133,12 @@ def generate_predictions(
 ) -> list[Prediction]:
     """Greedy predictions for every item, in the items' order, on every rank."""
     device = next(model.parameters()).device
+    causal = _is_causal(model)
     was_training = model.training
     model.eval()
     answers: dict[int, str] = {}
     for batch in _length_sorted_batches(items, batch_size)[rank::world_size]:
-        input_ids, attention_mask = _pad([items[index].input_ids for index in batch], tokenizer.pad_token_id)
+        input_ids, attention_mask = _pad([items[index].input_ids for index in batch], tokenizer.pad_token_id, left=causal)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             output = model.generate(
                 input_ids=input_ids.to(device),
@@ -133,7 +146,11 @@ def generate_predictions(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             )
+        if causal:
+            output = output[:, input_ids.shape[1] :]  # the answer, without the prompt it continues
         for index, text in zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True)):
             answers[index] = text.strip()
     model.train(was_training)
@@ -168,6 +185,8 @@ def label_log_likelihoods(
     model, source_ids: Sequence[tuple[int, ...]], label_ids: Sequence[Sequence[tuple[int, ...]]], pad_id: int, dtype
 ) -> list[list[float]]:
     """For each source, the summed log-likelihood of each of its labels' token ids as the target."""
+    if _is_causal(model):
+        return _causal_label_log_likelihoods(model, source_ids, label_ids, pad_id, dtype)
     device = next(model.parameters()).device
     input_ids, attention_mask = _pad(list(source_ids), pad_id)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -182,12 +201,30 @@ def label_log_likelihoods(
             labels=targets.masked_fill(targets == pad_id, -100),
         ).logits
     token_scores = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    sums = (token_scores * (targets != pad_id)).sum(-1).tolist()
+    return _per_source((token_scores * (targets != pad_id)).sum(-1).tolist(), label_ids)
+
+
+def _per_source(sums: list[float], label_ids: Sequence[Sequence[tuple[int, ...]]]) -> list[list[float]]:
     scores, start = [], 0
     for labels in label_ids:
         scores.append(sums[start : start + len(labels)])
         start += len(labels)
     return scores
+
+
+def _causal_label_log_likelihoods(model, source_ids, label_ids, pad_id: int, dtype) -> list[list[float]]:
+    """Each (prompt + label) sequence in one pass; a label token's score is read one position
+    before it (the logits there predict it)."""
+    device = next(model.parameters()).device
+    pairs = [(source, label) for source, labels in zip(source_ids, label_ids) for label in labels]
+    input_ids, attention_mask = _pad([source + label for source, label in pairs], pad_id)
+    is_label = torch.zeros_like(input_ids, dtype=torch.bool)
+    for row, (source, label) in enumerate(pairs):
+        is_label[row, len(source) : len(source) + len(label)] = True
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+    scores = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:].unsqueeze(-1).to(device)).squeeze(-1)
+    return _per_source((scores * is_label[:, 1:].to(device)).sum(-1).tolist(), label_ids)
 
 
 @torch.no_grad()

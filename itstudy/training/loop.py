@@ -46,7 +46,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from itstudy.config import Study, gradient_accumulation
 from itstudy.metrics import aggregate, score_predictions
@@ -61,9 +60,10 @@ from itstudy.training.checkpoints import (
 )
 from itstudy.training.engine import StepPlan, StepResult, collate, make_optimizer, make_scheduler, total_steps, train_step
 from itstudy.training.evaluate import dev_metrics, evaluation_predictions
-from itstudy.training.models import build_model, compute_dtype, load_model, parameter_counts
+from itstudy.training.models import compute_dtype, model_for_run, parameter_counts
 from itstudy.training.prepare import RunData, prepare_run
 from itstudy.training.reporter import PlainReporter, Reporter
+from itstudy.training.sharding import for_training, gathered, load_optimizer_state
 
 
 class InjectedFault(RuntimeError):
@@ -121,13 +121,13 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
     restored = usable_checkpoint(reporter.restored_checkpoint())
     reporter.resume_record(restored)
     saved = read_trainer_state(restored, job.data.token_digest, reporter.world_size, study) if restored else None
-    model = load_model(restored / "model") if restored else build_model(study.model.name, job.tokenizer, study.seed)
+    model = model_for_run(study.model, job.tokenizer, study.seed, restored / "model" if restored else None)
     model.to(reporter.device)
-    trained = DistributedDataParallel(model, device_ids=_device_ids(reporter)) if reporter.world_size > 1 else model
+    trained = for_training(model, train.strategy, reporter.world_size, _device_ids(reporter), dtype)
     optimizer = make_optimizer(model, train.learning_rate, train.weight_decay)
     scheduler = make_scheduler(optimizer, train.schedule, train.warmup_steps, steps)
     if saved:
-        optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(model, optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"][reporter.rank])
     else:
@@ -232,6 +232,7 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
 
     Every rank reports (a barrier); only rank 0 passes the checkpoint and the figures.
     """
+    model, optimizer_state = gathered(model, optimizer)  # whole weights: sharded generation would hang
     shard = {"dtype": dtype, "rank": reporter.rank, "world_size": reporter.world_size}
     dev = dev_metrics(model, job.tokenizer, job.data.dev, job.study, **shard)
     predictions = evaluation_predictions(
@@ -249,7 +250,7 @@ def _evaluate_and_checkpoint(job, reporter, model, optimizer, scheduler, step, d
         reporter.log_metrics(evaluation, step=step)
     metrics = {**training, **evaluation}
     checkpoint = write_checkpoint(
-        job.study, job.data.token_digest, job.tokenizer, model, optimizer, scheduler, step, rng_states, metrics
+        job.study, job.data.token_digest, job.tokenizer, model, optimizer_state, scheduler, step, rng_states, metrics
     )
     if final and job.study.tracking.log_model:
         reporter.log_model(checkpoint, job.study.name)
@@ -280,6 +281,7 @@ def _log_run_start(job: WorkerJob, reporter: Reporter, accumulation: int, steps:
                 "train_examples": len(data.train),
                 "test_instances": len(data.test),
                 "model_parameters": parameter_counts(model)["total"],
+                "trainable_parameters": parameter_counts(model)["trainable"],
                 "compute_dtype": str(dtype).removeprefix("torch."),
                 "device": reporter.device.type,
                 "token_digest": data.token_digest,

@@ -1,11 +1,16 @@
-"""Models, tokenizers and precision for T5 instruction tuning.
+"""Models, tokenizers and precision for instruction tuning of seq2seq (T5) and decoder-only models.
 
 A model is one of:
-- a named T5 shape initialised from scratch with a seed (`t5-tiny` for tests and the demo, with
-  tied embeddings; `t5-small`, `t5-base`, `t5-large`, `t5-xl` with the T5 v1.1 / lm-adapt
-  architecture: gated-GELU, untied input and output embeddings, vocabulary 32128), since no
-  pretrained weights are reachable here;
-- a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path.
+- a named T5 shape initialised from scratch with a seed (`scratch/t5-tiny` for tests and the demo,
+  with tied embeddings; `scratch/t5-small`, `-base`, `-large`, `-xl` with the T5 v1.1 / lm-adapt
+  architecture: gated-GELU, untied input and output embeddings, vocabulary 32128);
+- a named decoder-only shape from scratch (`scratch/llama-tiny`: a LlamaConfig, for tests);
+- a Hugging Face hub id or a local folder, loaded with the real `from_pretrained` path: an
+  encoder-decoder (`config.is_encoder_decoder`) as a seq2seq model, anything else as a causal LM.
+
+Random shapes carry the `scratch/` prefix because the bare names (`t5-small`, ...) are pretrained
+checkpoints on the hub: a user who writes them expects trained weights, so they are refused with
+a hint naming both.
 
 A tokenizer is the T5 SentencePiece vocabulary (`t5`: the folder in $ITSTUDY_T5_TOKENIZER, else
 the hub), a hub id or folder, or a byte-level BPE over whole words trained on the run's own texts (`bpe`).
@@ -31,8 +36,11 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -40,14 +48,20 @@ from transformers import (
     T5ForConditionalGeneration,
     T5TokenizerFast,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from itstudy.errors import UserError
 from itstudy.paths import T5_TOKENIZER_ENV
-from itstudy.training.shapes import NAMED_SHAPES
+from itstudy.training.shapes import CAUSAL_SHAPES, NAMED_SHAPES
 
 # Every T5 / v1.1 / lm-adapt checkpoint uses this one SentencePiece vocabulary.
 T5_TOKENIZER_HUB_ID = "google-t5/t5-small"
 T5_VOCAB_SIZE = 32128  # the T5 embedding size: 32100 SentencePiece pieces padded to a multiple of 128
+
+SCRATCH_PREFIX = "scratch/"
+# Bare shape names that are pretrained checkpoints on the hub (where they are), for the refusal's hint.
+_HUB_CHECKPOINTS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large",
+                    "t5-xl": "google/t5-v1_1-xl"}
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -72,35 +86,61 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 
 def is_named_shape(name: str) -> bool:
-    return name in NAMED_SHAPES
+    return name in NAMED_SHAPES or name in CAUSAL_SHAPES
+
+
+def is_causal(name: str) -> bool:
+    """Whether `name` (a named shape, folder or hub id) is a decoder-only model (reads only its config)."""
+    if is_named_shape(name):
+        return name in CAUSAL_SHAPES
+    return not _read_config(name).is_encoder_decoder
+
+
+def _refuse_bare_shape_name(name: str) -> None:
+    """A name that is a scratch shape without its prefix is refused: it reads as a pretrained model."""
+    if not is_named_shape(SCRATCH_PREFIX + name):
+        return
+    if name in _HUB_CHECKPOINTS:
+        what = f"is a pretrained checkpoint name on the Hugging Face Hub ({_HUB_CHECKPOINTS[name]})"
+    else:
+        what = "names no pretrained checkpoint"
+    raise ModelSpecError(f"{name!r} {what}; the randomly initialised shape is '{SCRATCH_PREFIX}{name}'")
+
+
+def _read_config(name: str):
+    """The model's config.json, from a folder or the hub (the local cache when offline)."""
+    _refuse_bare_shape_name(name)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelSpecError(f"model {name!r}: the folder has no config.json (save it with save_pretrained)")
+        return AutoConfig.from_pretrained(str(folder))
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=offline)
+    except (OSError, ValueError) as error:
+        where = "in the local Hugging Face cache while offline (HF_HUB_OFFLINE=1)" if offline else "on the Hugging Face hub"
+        raise ModelSpecError(
+            f"model {name!r}: not a named shape ({', '.join([*NAMED_SHAPES, *CAUSAL_SHAPES])}), not a local folder, "
+            f"and not found {where}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 def check_model_available(name: str) -> None:
-    """Raise ModelSpecError unless `name` is a named shape, a model folder, or a reachable hub id.
+    """Raise ModelSpecError unless `name` is a named shape, a model folder, or a reachable hub id of
+    an encoder-decoder or a causal LM.
 
     For hub ids this reads only `config.json` (from the cache when offline), so a typo or an
     offline machine fails here, in the driver, before any worker starts.
     """
     if is_named_shape(name):
         return
-    if Path(name).expanduser().is_dir():
-        if not (Path(name).expanduser() / "config.json").is_file():
-            raise ModelSpecError(f"model {name!r}: the folder has no config.json (save it with save_pretrained)")
-        config = AutoConfig.from_pretrained(str(Path(name).expanduser()))
-    else:
-        # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        try:
-            config = AutoConfig.from_pretrained(name, local_files_only=offline)
-        except (OSError, ValueError) as error:
-            where = "in the local Hugging Face cache while offline (HF_HUB_OFFLINE=1)" if offline else "on the Hugging Face hub"
-            raise ModelSpecError(
-                f"model {name!r}: not a named shape ({', '.join(NAMED_SHAPES)}), not a local folder, and not "
-                f"found {where}: {str(error).splitlines()[0]}"
-            ) from None
-    if not getattr(config, "is_encoder_decoder", False):
+    config = _read_config(name)
+    if not config.is_encoder_decoder and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelSpecError(
-            f"model {name!r}: a {config.model_type} model is not an encoder-decoder; this trainer fine-tunes T5-style seq2seq models"
+            f"model {name!r}: a {config.model_type} model is neither an encoder-decoder nor a causal language model "
+            f"that transformers can load with AutoModelForCausalLM"
         )
 
 
@@ -140,6 +180,20 @@ def new_t5(config: T5Config, seed: int) -> T5ForConditionalGeneration:
     return model
 
 
+def llama_config(shape: str, vocab_size: int, pad_id: int, eos_id: int, bos_id: int | None) -> LlamaConfig:
+    """The LlamaConfig of a named decoder-only shape, with the tokenizer's special ids."""
+    if shape not in CAUSAL_SHAPES:
+        raise ModelSpecError(f"model shape {shape!r}: expected one of {', '.join(CAUSAL_SHAPES)}")
+    return LlamaConfig(**CAUSAL_SHAPES[shape], vocab_size=vocab_size, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id)
+
+
+def new_llama(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
+    """A Llama with random weights drawn from `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
 def padded_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
     """The embedding rows for `tokenizer`: its size rounded up to a multiple of 128 (T5: 32100 -> 32128)."""
     return math.ceil(len(tokenizer) / 128) * 128
@@ -147,11 +201,15 @@ def padded_vocab_size(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def build_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
     """A named shape from scratch (seeded, sized to the tokenizer), else `from_pretrained(name)`."""
+    if name in CAUSAL_SHAPES:
+        ids = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+        return new_llama(llama_config(name, padded_vocab_size(tokenizer), *ids), seed)
     if is_named_shape(name):
         config = t5_config(name, padded_vocab_size(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
         return new_t5(config, seed)
     check_model_available(name)
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name)
+    location = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    model = _auto_class(is_causal(name)).from_pretrained(location)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ModelSpecError(
             f"model {name!r} has {model.get_input_embeddings().num_embeddings} embeddings but the tokenizer has "
@@ -161,22 +219,68 @@ def build_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> Pre
 
 
 def load_model(folder: str | Path) -> PreTrainedModel:
-    """A model saved with `save_pretrained` (a checkpoint's `model/` folder)."""
-    return AutoModelForSeq2SeqLM.from_pretrained(str(folder))
+    """A model saved with `save_pretrained` (a checkpoint's `model/` folder), seq2seq or causal as its config says."""
+    return _auto_class(is_causal(str(folder))).from_pretrained(str(folder))
+
+
+def model_for_run(spec, tokenizer: PreTrainedTokenizerBase, seed: int, checkpoint: Path | None) -> PreTrainedModel:
+    """The model a run trains: built (`spec.name`, with `spec.lora` adapters if set), or restored from `checkpoint`.
+
+    `spec` is the study's model section. A LoRA checkpoint holds only the adapters
+    (`adapter_config.json`): the base model is built again (seeded, or from the hub) and the
+    saved adapters are loaded onto it, trainable.
+    """
+    if checkpoint is not None and not (checkpoint / ADAPTER_CONFIG).is_file():
+        return load_model(checkpoint)
+    model = build_model(spec.name, tokenizer, seed)
+    if spec.lora is None:
+        return model
+    from peft import PeftModel
+
+    if checkpoint is not None:
+        return PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
+    return with_lora(model, spec.lora.r, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules, seed)
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes beside the adapter weights
+
+
+def with_lora(model: PreTrainedModel, r: int, alpha: float, dropout: float, target_modules: list[str] | None, seed: int):
+    """`model` with LoRA adapters (peft), their random half drawn from `seed`; every other weight is frozen."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    config = LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_peft_model(model, config)
+    except ValueError as error:  # unknown target modules, or no default for this architecture
+        raise ModelSpecError(f"lora: {str(error).splitlines()[0]}") from None
+
+
+def _auto_class(causal: bool):
+    return AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
 
 
 def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
-    """Parameters: total, and the encoder / decoder matmul weights that the FLOPs formula counts.
+    """Parameters: total, trainable, and the encoder / decoder matmul weights that the FLOPs formula counts.
 
     `encoder` and `decoder` leave out the input embedding (a lookup, no FLOPs); `decoder`
-    includes the output projection (lm_head), which is a matmul over every target token.
+    includes the output projection (lm_head), which is a matmul over every target token. A
+    decoder-only model has no encoder: all its matmul weights count as `decoder`.
     """
     total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     embedding = model.get_input_embeddings().weight.numel()
-    encoder = sum(p.numel() for p in model.get_encoder().parameters()) - embedding
     head = model.get_output_embeddings().weight.numel()
+    if not model.config.is_encoder_decoder:
+        # parameters() lists a tied head once, as the embedding: add its matmul back
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        return {"total": total, "trainable": trainable, "encoder": 0, "decoder": total - embedding + head * tied}
+    encoder = sum(p.numel() for p in model.get_encoder().parameters()) - embedding
     decoder = sum(p.numel() for p in model.get_decoder().parameters()) - embedding + head
-    return {"total": total, "encoder": encoder, "decoder": decoder}
+    return {"total": total, "trainable": trainable, "encoder": encoder, "decoder": decoder}
 
 
 # --- tokenizers --------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ tokenizer surfaces here, before a worker starts.
 
 Random choices (the training target among several references) use a stream per (seed, task),
 so a task's data never depends on which other tasks are in the run.
+
+For a decoder-only model the prompt is the context and the target follows it: prompts lose the
+</s> that T5-style tokenizers append, and targets are tokenised without special tokens (no BOS)
+and end with </s> (`CausalExample`). A tokenizer without a pad token pads with </s>.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from itstudy.data.task import Task
 from itstudy.metrics import counterfactual_pair_inputs
 from itstudy.prompts import build_source, choose_target, prompt_hash
 from itstudy.seeding import task_rng
-from itstudy.training.engine import Seq2SeqExample
+from itstudy.training.engine import CausalExample, Seq2SeqExample
 from itstudy.training.evaluate import EvalItem
-from itstudy.training.models import ModelSpecError, load_tokenizer, train_bpe_tokenizer
+from itstudy.training.models import ModelSpecError, is_causal, load_tokenizer, train_bpe_tokenizer
 from itstudy.variants import VariantError, apply_variant, apply_variant_to_test
 
 # Prompt scaffolding that every source contains, added to a BPE tokenizer's training texts.
@@ -82,10 +86,14 @@ def prepare_run(study: Study):
         dev_tasks, _ = apply_variant_to_test(data.dev, study.variant, study.seed)  # dev stands in for test
     except VariantError as error:
         raise ConfigError(f"variant: {error}") from None
+    try:
+        causal = is_causal(study.model.name)
+    except ModelSpecError as error:
+        raise ConfigError(f"model.name: {error}") from None
     tokenizer = make_tokenizer(study, train_tasks)
-    train, train_prompts = encode_training(train_tasks, tokenizer, study)
-    test, test_prompts = encode_evaluation(test_tasks, tokenizer, study)
-    dev, _ = encode_evaluation(dev_tasks, tokenizer, study)
+    train, train_prompts = encode_training(train_tasks, tokenizer, study, causal=causal)
+    test, test_prompts = encode_evaluation(test_tasks, tokenizer, study, causal=causal)
+    dev, _ = encode_evaluation(dev_tasks, tokenizer, study, causal=causal)
     run_data = RunData(
         train=train,
         test=test,
@@ -104,10 +112,14 @@ def make_tokenizer(study: Study, train_tasks: list[Task]):
     """The configured tokenizer; `bpe` is trained on the training tasks' texts only (never on test data)."""
     try:
         if study.model.tokenizer != "bpe":
-            return load_tokenizer(study.model.tokenizer)
-        return train_bpe_tokenizer(_training_texts(train_tasks), study.model.bpe_vocab_size)
+            tokenizer = load_tokenizer(study.model.tokenizer)
+        else:
+            tokenizer = train_bpe_tokenizer(_training_texts(train_tasks), study.model.bpe_vocab_size)
     except ModelSpecError as error:
         raise ConfigError(f"model.tokenizer: {error}") from None
+    if tokenizer.pad_token_id is None:  # LLaMA's has none; padding is masked, so any id will do
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _training_texts(tasks: list[Task]):
@@ -134,7 +146,25 @@ def _encode(tokenizer, texts: list[str], max_length: int) -> list[tuple[int, ...
     return [tuple(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
 
 
-def encode_training(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple[Seq2SeqExample, ...], tuple[str, ...]]:
+def _encode_prompts(tokenizer, texts: list[str], max_length: int, causal: bool) -> list[tuple[int, ...]]:
+    ids = _encode(tokenizer, texts, max_length)
+    if not causal:
+        return ids
+    # The answer continues the prompt: drop the </s> that T5-style tokenizers append.
+    return [prompt[:-1] if prompt and prompt[-1] == tokenizer.eos_token_id else prompt for prompt in ids]
+
+
+def _encode_targets(tokenizer, texts: list[str], max_length: int, causal: bool) -> list[tuple[int, ...]]:
+    if not causal:
+        return _encode(tokenizer, texts, max_length)
+    # A causal target has no BOS of its own and ends with </s>, which ends generation.
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length - 1)["input_ids"]
+    return [(*target, tokenizer.eos_token_id) for target in ids]
+
+
+def encode_training(
+    tasks: list[Task], tokenizer, study: Study, causal: bool = False
+) -> tuple[tuple[Seq2SeqExample, ...], tuple[str, ...]]:
     """Training pairs of every task (source prompt, one reference chosen per (seed, task)) and a few rendered prompts."""
     sources, targets, shown = [], [], []
     for task in tasks:
@@ -145,23 +175,27 @@ def encode_training(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple[S
             shown.append(f"### training task {task.name}\n{task_sources[0]}{task_targets[0]}")
         sources += task_sources
         targets += task_targets
-    source_ids = _encode(tokenizer, sources, study.train.max_source_length)
-    target_ids = _encode(tokenizer, targets, study.train.max_target_length)
-    examples = tuple(Seq2SeqExample(source, target) for source, target in zip(source_ids, target_ids))
+    source_ids = _encode_prompts(tokenizer, sources, study.train.max_source_length, causal)
+    target_ids = _encode_targets(tokenizer, targets, study.train.max_target_length, causal)
+    example = CausalExample if causal else Seq2SeqExample
+    examples = tuple(example(source, target) for source, target in zip(source_ids, target_ids))
     return examples, tuple(shown)
 
 
-def encode_evaluation(tasks: list[Task], tokenizer, study: Study) -> tuple[tuple[EvalItem, ...], tuple[str, ...]]:
+def encode_evaluation(
+    tasks: list[Task], tokenizer, study: Study, causal: bool = False
+) -> tuple[tuple[EvalItem, ...], tuple[str, ...]]:
     """One evaluation item per test instance, with every reference kept for scoring."""
     items, shown = [], []
     pairs = counterfactual_pair_inputs(tasks)
     for task in tasks:
         sources = _sources(task, tokenizer, study)
         labels = task.label_space.labels if task.label_space else ()
-        label_ids = tuple(_encode(tokenizer, list(labels), study.train.max_target_length)) if labels else ()
+        label_ids = tuple(_encode_targets(tokenizer, list(labels), study.train.max_target_length, causal)) if labels else ()
         if len(shown) < PROMPTS_SHOWN_PER_SPLIT and sources:
             shown.append(f"### test task {task.name}\n{sources[0]}")
-        for instance, source, ids in zip(task.instances, sources, _encode(tokenizer, sources, study.train.max_source_length)):
+        prompt_ids = _encode_prompts(tokenizer, sources, study.train.max_source_length, causal)
+        for instance, source, ids in zip(task.instances, sources, prompt_ids):
             items.append(
                 EvalItem(
                     task=task.name,
