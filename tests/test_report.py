@@ -458,6 +458,27 @@ def test_pair_and_negation_probes_equal_the_logged_values(probe_study, probe_rep
     assert 'id="pair-table"' in html and 'id="negation-table"' in html
 
 
+def _png_size(png: bytes) -> tuple[int, int]:
+    """Width and height in pixels, from the PNG header (IHDR)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_format_figure_has_a_panel_per_logged_metric_and_a_row_per_condition(probe_report):
+    from dashboards import figures
+
+    html = probe_report.read_text()
+    embedded = re.search(r'id="fig-format"[^>]*src="data:image/png;base64,([^"]+)"', html).group(1)
+    table = pd.read_csv(probe_report.parent / "format_table.csv")
+    width, height = _png_size(figures.format_plot(table))
+    assert _png_size(base64.b64decode(embedded)) == (width, height)
+    # Without rank EM one panel fewer (narrower, as tall); without the baselines fewer rows (shorter).
+    narrower, as_tall = _png_size(figures.format_plot(table[table["metric"] != "rank_exact_match"]))
+    assert narrower < width - 200 and abs(as_tall - height) <= 10
+    as_wide, shorter = _png_size(figures.format_plot(table[table["kind"] == "trial"]))
+    assert shorter < height - 40 and abs(as_wide - width) <= 40
+
+
 def test_finding_states_the_logged_numbers_and_changes_with_them(probe_study, probe_report):
     from dashboards import analysis, learned
     from dashboards.runs import read_study
