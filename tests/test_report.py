@@ -347,12 +347,12 @@ def test_verdicts_answer_the_question_of_the_fixture(fixture_report):
 def test_report_is_self_contained_and_logged_on_the_sweep_run(fixture_study, fixture_report):
     html = fixture_report.read_text()
     images = re.findall(r'<img class="figure"[^>]*src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 3
+    assert len(images) == 4
     for encoded in images:
         assert base64.b64decode(encoded).startswith(b"\x89PNG\r\n\x1a\n")
     assert not re.search(r'src="(?!data:)', html), "every image is embedded"
     folder = fixture_report.parent
-    for name in ("data_size_curve.png", "task_differences.png", "verdicts.png", "paper_table.csv", "verdicts.csv",
+    for name in ("data_size_curve.png", "task_differences.png", "verdicts.png", "format_metrics.png", "paper_table.csv", "verdicts.csv",
                  "task_differences.csv", "runs.csv"):  # fmt: skip
         assert (folder / name).stat().st_size > 0, name
     logged = list_artifacts(fixture_study.uri, fixture_study.parent_run_id, "report")
