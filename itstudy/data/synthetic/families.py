@@ -6,10 +6,11 @@ families are disjoint, so test tasks are unseen in kind, not only in instances. 
 states its rule and names its labels.
 
 Output space stated in the instruction: each training group is written as it is and POOL_DRAWS
-more times with label words drawn from LABEL_POOL (a pair draws one label set for both rules), so
-the same rule asks for different words in different tasks and no fixed label set can be
-memorised: which words to answer can only be read from the definition and demonstrations. Test
-tasks keep their natural words (yes/no, first/second, entailment/contradiction), all in the pool.
+more times with label words dealt from LABEL_POOL (a pair draws one label set for both rules;
+every pool word labels as many draws as any other), so the same rule asks for different words in
+different tasks and no fixed label set can be memorised: which words to answer can only be read
+from the definition and demonstrations. Test tasks keep their natural words (yes/no,
+first/second, entailment/contradiction), all in the pool and no rarer there than the others.
 
 Counterfactual pairs: the two rules of a group of two see the same inputs (and the same
 demonstration inputs) under two definitions that label them differently, e.g. "is the number
