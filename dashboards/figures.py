@@ -7,7 +7,9 @@
   training tasks, one line per trial condition with its 95% CI band, baselines as in the data-size
   curve;
 - per-task differences: a heat map of variant minus reference per test task and size;
-- verdicts: each paired difference with its 95% CI against the shaded equivalence margin.
+- verdicts: each paired difference with its 95% CI against the shaded equivalence margin;
+- format metrics: EM, rank EM and the label-space rate per condition with their 95% CIs, one
+  panel per metric, the baselines beside the tuned conditions and the random baseline as a band.
 
 `matplotlib.figure.Figure` is used without pyplot, so no global backend or figure state is touched
 (safe in tests and servers). Functions take the analysis tables and return PNG bytes.
@@ -22,6 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dashboards.analysis import DIVERSITY_METRICS, HEADLINE, METRIC_LABEL
+from dashboards.learned import FORMAT_METRICS, LABEL, RANDOM
 from dashboards.runs import BASELINE, TRIAL
 
 DPI = 110
@@ -150,3 +153,46 @@ def verdict_plot(verdicts: pd.DataFrame, split: str, margin: float) -> bytes:
     axes.legend(fontsize=7, loc="lower right")
     axes.grid(axis="x", alpha=0.3)
     return _png(figure)
+
+
+def format_plot(table: pd.DataFrame) -> bytes:
+    """Overall EM, rank EM and label-space rate per condition and size, from `learned.format_table`.
+
+    One panel per logged metric, one row per condition (tuned in black, baselines in grey), the
+    random baseline's 95% CI as a band (its EM band also on rank EM, whose expectation is the same), so a
+    model that learned the format (label space near 100%) but not the rule (EM at random) shows
+    at a glance; a condition that does not log a metric (model-free baselines: rank EM) has no
+    point in that panel.
+    """
+    rows = table[table["level"] == "overall"]
+    metrics = [metric for metric in FORMAT_METRICS if metric in set(rows["metric"])]
+    keys = list(rows[["kind", "condition", "size"]].drop_duplicates().itertuples(index=False, name=None))
+    names = [condition if pd.isna(size) else f"{condition} @ n={int(size)}" for _, condition, size in keys]
+    figure = Figure(figsize=(3.4 * len(metrics) + 1.5, 1.2 + 0.32 * len(keys)))
+    for index, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), index + 1)
+        cells = rows[rows["metric"] == metric]
+        # Random guessing expects the same score from generation and from rank classification.
+        band = rows[(rows["kind"] == BASELINE) & (rows["condition"] == RANDOM)
+                    & (rows["metric"] == ("exact_match" if metric == "rank_exact_match" else metric))]  # fmt: skip
+        for _, row in band.iterrows():
+            axes.axvspan(row["ci_low"], row["ci_high"], color="0.5", alpha=0.2)
+        for y, (kind, condition, size) in enumerate(keys):
+            found = cells[(cells["kind"] == kind) & (cells["condition"] == condition) & _same_size(cells["size"], size)]
+            if found.empty:
+                continue
+            row = found.iloc[0]
+            color = "black" if kind == TRIAL else "0.5"
+            errors = [[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
+            axes.errorbar(row["mean"], y, xerr=errors, fmt="o" if kind == TRIAL else "s", color=color, capsize=3)
+        axes.set_xlim(-3, 103)
+        axes.set_ylim(len(keys) - 0.5, -0.5)
+        axes.set_yticks(range(len(keys)), names if index == 0 else [], fontsize=7)
+        axes.set_xlabel(f"{LABEL[metric]}{'' if metric == 'label_space_rate' else ' (%)'}")
+        axes.grid(axis="x", alpha=0.3)
+    figure.suptitle("Format or content: mean and 95% CI over tasks and seeds (band: random guessing)", fontsize=10)
+    return _png(figure)
+
+
+def _same_size(sizes: pd.Series, size) -> pd.Series:
+    return sizes.isna() if pd.isna(size) else sizes.eq(size).fillna(False)

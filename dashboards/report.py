@@ -105,6 +105,8 @@ def _figures(tables: dict[str, pd.DataFrame], headline_split: str, margin: float
         images["diversity_curve"] = figures.diversity_curve(tables["diversity_table"], headline_split)
     if not tables.get("task_differences", pd.DataFrame()).empty:
         images["task_differences"] = figures.task_heatmap(tables["task_differences"])
+    if not tables.get("format_table", pd.DataFrame()).empty:
+        images["format_metrics"] = figures.format_plot(tables["format_table"])
     verdicts = tables.get("verdicts", pd.DataFrame())
     if not verdicts.empty and verdicts.loc[verdicts["split"] == headline_split, "difference"].notna().any():
         images["verdicts"] = figures.verdict_plot(verdicts, headline_split, margin)

@@ -135,6 +135,6 @@ def test_mlflow_ui_opens_on_the_comparison_with_whole_names_and_the_sweep_summar
 def test_report_figures_render_in_chromium(browser, real_study):
     report = build_report(str(real_study.experiment_file), out_dir=OUTPUT / "report")
     shot, widths = screenshot_report(browser, report, OUTPUT)
-    assert len(widths) == 3 and all(width > 0 for width in widths), widths
+    assert len(widths) == 4 and all(width > 0 for width in widths), widths
     assert shot.stat().st_size > 10_000
     print(f"\nreport: {report}\nreport screenshot: {shot}")

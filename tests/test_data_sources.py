@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -249,10 +250,12 @@ def test_a_folder_without_tasks_is_refused_naming_the_setting(tmp_path):
 def test_the_synthetic_source_is_written_once_into_the_cache(tmp_path):
     data = DataConfig(source="synthetic", synthetic=SyntheticConfig(seed=3, instances_per_task=20))
     first = make_source(data)
-    assert first.root == tmp_path / "cache" / "synthetic" / f"v{GENERATOR_VERSION}-seed3-n20"
+    # Named by the config and a digest of the generator's source: an edited generator writes anew.
+    assert first.root.parent == tmp_path / "cache" / "synthetic"
+    assert re.fullmatch(f"v{GENERATOR_VERSION}-seed3-n20-[0-9a-f]{{12}}", first.root.name)
     marker = first.root / "tasks" / f"{TASK}.json"
     stamp = marker.stat().st_mtime_ns
     second = make_source(data)
     assert second.root == first.root and marker.stat().st_mtime_ns == stamp
     assert second.load_task(TASK).name == TASK
-    assert make_source(DataConfig(synthetic=SyntheticConfig(seed=4, instances_per_task=20))).root.name == f"v{GENERATOR_VERSION}-seed4-n20"
+    assert make_source(DataConfig(synthetic=SyntheticConfig(seed=4, instances_per_task=20))).root.name == first.root.name.replace("seed3", "seed4")

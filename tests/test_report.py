@@ -347,12 +347,12 @@ def test_verdicts_answer_the_question_of_the_fixture(fixture_report):
 def test_report_is_self_contained_and_logged_on_the_sweep_run(fixture_study, fixture_report):
     html = fixture_report.read_text()
     images = re.findall(r'<img class="figure"[^>]*src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 3
+    assert len(images) == 4
     for encoded in images:
         assert base64.b64decode(encoded).startswith(b"\x89PNG\r\n\x1a\n")
     assert not re.search(r'src="(?!data:)', html), "every image is embedded"
     folder = fixture_report.parent
-    for name in ("data_size_curve.png", "task_differences.png", "verdicts.png", "paper_table.csv", "verdicts.csv",
+    for name in ("data_size_curve.png", "task_differences.png", "verdicts.png", "format_metrics.png", "paper_table.csv", "verdicts.csv",
                  "task_differences.csv", "runs.csv"):  # fmt: skip
         assert (folder / name).stat().st_size > 0, name
     logged = list_artifacts(fixture_study.uri, fixture_study.parent_run_id, "report")
@@ -456,6 +456,27 @@ def test_pair_and_negation_probes_equal_the_logged_values(probe_study, probe_rep
     assert set(negation["verdict"]) == {"follows the habit"}
     html = probe_report.read_text()
     assert 'id="pair-table"' in html and 'id="negation-table"' in html
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """Width and height in pixels, from the PNG header (IHDR)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_format_figure_has_a_panel_per_logged_metric_and_a_row_per_condition(probe_report):
+    from dashboards import figures
+
+    html = probe_report.read_text()
+    embedded = re.search(r'id="fig-format"[^>]*src="data:image/png;base64,([^"]+)"', html).group(1)
+    table = pd.read_csv(probe_report.parent / "format_table.csv")
+    width, height = _png_size(figures.format_plot(table))
+    assert _png_size(base64.b64decode(embedded)) == (width, height)
+    # Without rank EM one panel fewer (narrower, as tall); without the baselines fewer rows (shorter).
+    narrower, as_tall = _png_size(figures.format_plot(table[table["metric"] != "rank_exact_match"]))
+    assert narrower < width - 200 and abs(as_tall - height) <= 10
+    as_wide, shorter = _png_size(figures.format_plot(table[table["kind"] == "trial"]))
+    assert shorter < height - 40 and abs(as_wide - width) <= 40
 
 
 def test_finding_states_the_logged_numbers_and_changes_with_them(probe_study, probe_report):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -128,6 +129,19 @@ def test_label_words_vary_across_training_tasks_so_no_label_set_can_be_memorised
     assert max(outputs.values()) / sum(outputs.values()) <= 0.1, "no answer word dominates training"
     # As in SuperNI, each test label word is also an answer of some training tasks (in other roles).
     assert all(_label_vocabulary(tasks[name]) <= set(outputs) for name in test)
+
+
+def test_every_pool_word_labels_as_many_drawn_groups_as_any_other(tasks):
+    # Test label words are neither rarer nor commoner in training than the other pool words: a
+    # pool word's count differs from another's by one at most (counted once per group: a pair's
+    # two tasks share one draw).
+    drawn = {}
+    for name, task in tasks.items():
+        if re.search(r"_d\d\d$", name):
+            drawn[min(name, task.counterfactual_of or name)] = _label_vocabulary(task)
+    counts = Counter(word for words in drawn.values() for word in words)
+    assert set(counts) == set(LABEL_POOL)
+    assert max(counts.values()) - min(counts.values()) <= 1, counts.most_common()
 
 
 def test_a_drawn_task_is_its_rule_with_label_words_from_the_pool(tasks):

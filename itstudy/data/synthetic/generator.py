@@ -15,6 +15,7 @@ write byte-identical files. Refused: asking for more instances than a family has
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -27,8 +28,8 @@ from itstudy.config import SyntheticConfig
 from itstudy.data.synthetic.families import FAMILIES, Family, Rule, written_groups
 from itstudy.errors import UserError
 
-# Bump whenever the generated content changes: the cache folder name includes it.
-GENERATOR_VERSION = 3
+# Bump whenever the generated content changes: the task files record it (`_synthetic`).
+GENERATOR_VERSION = 4
 SPLIT = "default"
 
 
@@ -36,9 +37,21 @@ class SyntheticError(UserError):
     """The suite cannot be generated as configured; the message names the setting to change."""
 
 
+def _generator_digest() -> str:
+    """A digest of the synthetic package's source: its families, label pool, draws and dealing."""
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
+
+
 def cached_synthetic_suite(cache_root: Path, cfg: SyntheticConfig) -> Path:
-    """The suite for `cfg` under `<cache_root>/synthetic/`, written once and reused afterwards."""
-    folder = Path(cache_root) / "synthetic" / f"v{GENERATOR_VERSION}-seed{cfg.seed}-n{cfg.instances_per_task}"
+    """The suite for `cfg` under `<cache_root>/synthetic/`, written once and reused afterwards.
+
+    The folder is named by the config and by a digest of the generator's source, so an edit to
+    the families, the pool or the draws is never served a suite written before it, even one
+    that forgot to bump GENERATOR_VERSION (the version stays in the name for people to read).
+    """
+    name = f"v{GENERATOR_VERSION}-seed{cfg.seed}-n{cfg.instances_per_task}-{_generator_digest()}"
+    folder = Path(cache_root) / "synthetic" / name
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
