@@ -6,8 +6,9 @@ data config and where the label spaces came from; metrics per task, category and
 artifacts predictions.jsonl and task_metrics.csv; the test set as dataset lineage), a child of
 the sweep's run when one is given.
 
-Run names are deterministic, `baseline-<name>-s<seed>-<data key[:8]>`, where the data key hashes
-exactly what a baseline reads (test instances, demonstrations, label spaces). Running the command
+A run is named for reading (`random seed=1`) and identified by its tag `itstudy.trial_key`,
+`baseline-<name>-s<seed>-<data key[:8]>`, where the data key hashes exactly what a baseline reads
+(test instances, demonstrations, label spaces). Running the command
 again therefore reuses FINISHED runs instead of duplicating them and says so; a run that did not
 finish is run again. The training-set sample does not enter the key: baselines never see it, so
 one baseline run serves every data size of a sweep.
@@ -138,6 +139,11 @@ def baseline_run_name(name: str, seed: int, key: str) -> str:
     return f"baseline-{name}-s{seed}-{key[:8]}"
 
 
+def baseline_display_name(name: str, seed: int) -> str:
+    """The run name the MLflow UI shows whole; the digest stays in the key tag."""
+    return f"{name} seed={seed}"
+
+
 def record_baseline(
     study: Study,
     data: StudyData,
@@ -157,7 +163,9 @@ def record_baseline(
         "itstudy.seed": seed,
         "itstudy.test_task_kind": study.data.test_task_kind,
     }
-    run = get_or_create_run(uri, experiment_id, run_name, identity, tags, parent_run_id, reuse_status="FINISHED")
+    run = get_or_create_run(
+        uri, experiment_id, baseline_display_name(name, seed), identity, tags, parent_run_id, reuse_status="FINISHED"
+    )
     if not run.created:
         log.info("baseline %s seed %d: reusing finished MLflow run %s", name, seed, run.run_id)
         return BaselineRecord(name, seed, run.run_id, run_name, True, run.metrics)

@@ -87,7 +87,8 @@ def test_every_baseline_and_seed_is_one_finished_mlflow_run(results, test_tasks,
     n_instances = sum(len(task.instances) for task in test_tasks)
     for record in results.records:
         run = get_run(store, record.run_id)
-        assert run.info.status == "FINISHED" and run.info.run_name == record.run_name
+        assert run.info.status == "FINISHED" and run.info.run_name == f"{record.baseline} seed={record.seed}"
+        assert run.data.tags["itstudy.trial_key"] == record.run_name
         assert record.run_name == f"baseline-{record.baseline}-s{record.seed}-{results.data_key[:8]}"
         tags = run.data.tags
         assert tags["itstudy.kind"] == "baseline" and tags["itstudy.baseline"] == record.baseline
