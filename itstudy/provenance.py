@@ -8,6 +8,7 @@ passes its commit to workers whose working directory is a copy without `.git`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import socket
@@ -87,7 +88,7 @@ def _inputs_digest(data_json: str, seed: int, tokenizer: str, tokenizer_files: t
     from itstudy.config import DataConfig  # the data layer sits above this plain module: imported on use
     from itstudy.data import load_study_data
 
-    hasher = hashlib.sha256(load_study_data(DataConfig.model_validate_json(data_json), seed).digest.encode())
+    hasher = hashlib.sha256(load_study_data(DataConfig.model_validate(json.loads(data_json)), seed).digest.encode())
     hasher.update(tokenizer.encode())  # bpe: trained on the data above; a hub id: its name
     for path, _, _ in tokenizer_files:
         hasher.update(Path(path).name.encode() + Path(path).read_bytes())

@@ -321,6 +321,12 @@ def test_a_changed_tokenizer_or_task_file_names_a_new_sweep_and_train_run(supern
     assert third[0] not in (first[0], second[0]) and third[1] not in (first[1], second[1])
 
 
+
+def test_the_resume_digest_reads_a_study_with_path_settings(tmp_path):
+    # data.cache_dir and data.superni_dir are paths: the digest must read them back (a study file that sets one).
+    study = load_study(TRAIN_TINY, [f"data.cache_dir={tmp_path / 'cache'}"])
+    assert sweep_name(study) == sweep_name(load_study(TRAIN_TINY, [f"data.cache_dir={tmp_path / 'cache'}"]))
+
 # --- real processes: the shrunk demo study ----------------------------------------------------
 
 DEMO = "experiments/demo.yaml"
