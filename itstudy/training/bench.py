@@ -293,14 +293,15 @@ def bench_train(args) -> dict:
     counts, flops = parameter_counts(skeleton), flop_model(skeleton)
     sides = [("ours (itstudy engine)", run_ours, {})]
     if not args.no_hf:
-        sides.append(("Seq2SeqTrainer (defaults)", run_hugging_face, {"group_by_length": False}))
+        if not args.no_hf_defaults:
+            sides.append(("Seq2SeqTrainer (defaults)", run_hugging_face, {"group_by_length": False}))
         if args.hf_group_by_length:
             sides.append(("Seq2SeqTrainer (group_by_length)", run_hugging_face, {"group_by_length": True}))
     # Sides alternate, `repeats` rounds, and each figure is a median over rounds: on a shared machine the
     # load changes during a run, and alternating spreads it over both sides.
     rounds: dict[str, list[Measurement]] = {name: [] for name, _, _ in sides}
     does_not_fit: dict[str, str] = {}
-    load_before = os.getloadavg()[0]
+    setup = _setup(args, device, dtype, counts["total"], peak, flops)
     for _ in range(args.repeats):
         for name, run, options in sides:
             if name not in does_not_fit:
@@ -310,26 +311,38 @@ def bench_train(args) -> dict:
                 else:
                     does_not_fit[name] = measured
                     print(f"  {name}: {measured}", flush=True)
+        report = _report(device, setup, rounds, does_not_fit)
+        if args.out:  # after every round: a run stopped by a time limit keeps the rounds it finished
+            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _setup(args, device, dtype, parameters: int, peak: float, flops: FlopModel) -> dict:
+    return {
+        "shape": args.shape,
+        "parameters": parameters,
+        "precision": str(dtype).removeprefix("torch."),
+        "max_source": args.max_source,
+        "max_target": args.max_target,
+        "per_device_batch": args.batch,
+        "accumulation": args.accumulation,
+        "steps": args.steps,
+        "peak_flops": peak,
+        "flops": asdict(flops),
+        "repeats": args.repeats,
+        "load_average_before_after": [os.getloadavg()[0], None],
+        "command": "itstudy bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+    }
+
+
+def _report(device: torch.device, setup: dict, rounds: dict[str, list[Measurement]], does_not_fit: dict[str, str]) -> dict:
+    """The results so far as plain data: each side's medians, or why it does not fit, and every round."""
     results = [asdict(_median(name, measured)) if measured else {"name": name, "does_not_fit": does_not_fit[name]}
-               for name, measured in rounds.items()]
+               for name, measured in rounds.items() if measured or name in does_not_fit]
     return {
         "machine": _machine(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
-        "setup": {
-            "shape": args.shape,
-            "parameters": counts["total"],
-            "precision": str(dtype).removeprefix("torch."),
-            "max_source": args.max_source,
-            "max_target": args.max_target,
-            "per_device_batch": args.batch,
-            "accumulation": args.accumulation,
-            "steps": args.steps,
-            "peak_flops": peak,
-            "flops": asdict(flops),
-            "repeats": args.repeats,
-            "load_average_before_after": [load_before, os.getloadavg()[0]],
-            "command": "itstudy bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
-        },
+        "setup": {**setup, "load_average_before_after": [setup["load_average_before_after"][0], os.getloadavg()[0]]},
         "results": results,
         "all_rounds": {name: [asdict(m) for m in measured] for name, measured in rounds.items()},
         "does_not_fit": does_not_fit,
@@ -411,8 +424,6 @@ def run_bench(args) -> dict | None:
         return None
     report = bench_train(args)
     print_report(report)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
