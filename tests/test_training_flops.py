@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from itstudy.training.engine import Seq2SeqExample, collate
+from itstudy.training.engine import CausalExample, Seq2SeqExample, collate
 from itstudy.training.flops import TokenStats, flop_model, step_flops
-from itstudy.training.models import new_t5, t5_config
+from itstudy.training.models import T5_VOCAB_SIZE, llama_config, new_llama, new_t5, t5_config
 
 SOURCE, TARGET = (40, 24), (8, 5)
 """Two rows of different lengths: the attention terms depend on each row's lengths, not on the sums."""
@@ -61,3 +61,18 @@ def test_the_formula_agrees_with_torch_flop_counter_on_forward_and_backward():
     tokens = TokenStats()
     tokens.add(torch.tensor([source, source]), torch.tensor([target, target]))
     assert step_flops(flop_model(model), tokens).total == pytest.approx(counter.get_total_flops(), rel=0.01)
+
+
+def test_a_decoder_only_model_counts_prompt_and_target_as_one_sequence():
+    config = llama_config("scratch/llama-tiny", T5_VOCAB_SIZE, 0, 1, None)
+    model = new_llama(config, seed=0).train()
+    model.config._attn_implementation = "eager"
+    prompt, target = 40, 8
+    batch = collate([CausalExample(tuple(range(2, 2 + prompt)), tuple(range(2, 2 + target)))] * 2, 0)
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    tokens = TokenStats()
+    tokens.add(torch.tensor([prompt, prompt]), torch.tensor([target, target]))
+    flops = step_flops(flop_model(model), tokens)
+    assert flops.parts == {"self": 12 * 64 * 2 * 2 * (prompt + target) ** 2}  # inner 64, 2 layers, 2 rows
+    assert flops.total == pytest.approx(counter.get_total_flops(), rel=0.01)

@@ -12,8 +12,8 @@ batches with dynamic padding. Hugging Face keeps its defaults (random batches pa
 longest member), except what makes it equivalent: batch, accumulation, steps, precision,
 constant schedule; `--hf-group-by-length` adds a row with its `group_by_length` sampler.
 
-Timing: one untimed forward and backward on the longest examples (gradients dropped), then one
-epoch over the examples, every step timed: both sides do exactly the same work. (Leaving out the
+Timing: one untimed forward and backward on a micro-batch of the longest examples (gradients
+dropped), then one epoch over the examples, every step timed: both sides do exactly the same work. (Leaving out the
 first steps instead would favour Hugging Face's group_by_length sampler, which puts the longest,
 most expensive batch first.) `--repeats` alternates the sides and reports each figure's median.
 
