@@ -58,11 +58,14 @@ class TokenStats:
     def add(self, source_lengths: torch.Tensor, target_lengths: torch.Tensor) -> None:
         """Add a batch given each row's non-padding source and target lengths (1-D integer tensors)."""
         source, target = source_lengths.long(), target_lengths.long()
-        self.source += int(source.sum())
-        self.target += int(target.sum())
-        self.source_squared += int((source * source).sum())
-        self.target_squared += int((target * target).sum())
-        self.source_times_target += int((source * target).sum())
+        # one device-to-host copy per batch (each int() of a GPU tensor would wait for the device)
+        sums = torch.stack([source.sum(), target.sum(), (source * source).sum(), (target * target).sum(), (source * target).sum()])
+        counts = sums.tolist()
+        self.source += counts[0]
+        self.target += counts[1]
+        self.source_squared += counts[2]
+        self.target_squared += counts[3]
+        self.source_times_target += counts[4]
 
 
 @dataclass(frozen=True)
