@@ -146,7 +146,7 @@ def test_the_benchmark_trains_a_causal_shape_on_both_sides_over_the_same_tokens(
     from itstudy.training.bench import bench_command
 
     report = bench_command(["train", "--shape", LLAMA, "--batch", "2", "--steps", "3", "--max-source", "256",
-                            "--max-target", "64", "--threads", "1"])
+                            "--max-target", "64", "--threads", "1", "--repeats", "1"])
     ours, hugging_face = report["results"]
     processed = lambda r: r["tokens_per_s"] * r["seconds"]
     assert processed(ours) == pytest.approx(processed(hugging_face))  # prompt + target tokens, counted once

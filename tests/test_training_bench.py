@@ -9,8 +9,13 @@ import json
 import subprocess
 import sys
 
-import pytest
+import ast
+import importlib.util
 
+import pytest
+import torch
+
+from itstudy.training import bench
 from itstudy.training.bench import bench_command
 from itstudy.training.prompt_lengths import load_length_profile
 
@@ -18,14 +23,14 @@ from itstudy.training.prompt_lengths import load_length_profile
 def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):
     report = bench_command(
         ["train", "--shape", "scratch/t5-tiny", "--batch", "4", "--steps", "3", "--max-source", "1024", "--max-target", "128",
-         "--threads", "1", "--out", str(tmp_path / "bench.json")]
+         "--threads", "1", "--repeats", "1", "--out", str(tmp_path / "bench.json")]
     )
     ours, hugging_face = report["results"]
     processed = lambda r: r["tokens_per_s"] * r["seconds"]
     assert processed(ours) == pytest.approx(processed(hugging_face))  # identical examples, one epoch each
     assert ours["samples_per_s"] * ours["seconds"] == pytest.approx(12) and ours["timed_steps"] == 3
     assert ours["padding_fraction"] < hugging_face["padding_fraction"]
-    assert 0 < ours["mfu"] < 1
+    assert 0 < ours["mfu"] < 1 and 0 < ours["attention_tflops"] < ours["matmul_tflops"]
     printed = capsys.readouterr().out
     assert "ratio ours / Seq2SeqTrainer (defaults)" in printed and "peak for MFU" in printed
     assert json.loads((tmp_path / "bench.json").read_text())["setup"]["shape"] == "scratch/t5-tiny"
@@ -38,15 +43,46 @@ def test_the_length_profile_holds_real_prompt_lengths_per_task():
     assert 100 < sources[len(sources) // 2] < 400 and sources[-1] <= 1024  # SuperNI prompts: hundreds of tokens
 
 
-def test_the_benchmark_imports_neither_ray_mlflow_datasets_rouge_nor_pydantic():
-    # The GPU box has torch and transformers only.
+def test_the_benchmark_imports_only_what_a_gpu_box_with_torch_and_transformers_has():
+    # Neither Ray, MLflow, datasets, rouge-score nor our pydantic config; and whatever transformers pulls
+    # in where it is installed (peft, accelerate, yaml), our own modules on this path need only torch,
+    # transformers and the standard library.
     code = (
         "import sys, itstudy.training.bench; "
         "absent = {'ray', 'mlflow', 'datasets', 'rouge_score', 'pydantic'}; "
         "bad = {m for m in sys.modules if m.split('.')[0] in absent or m == 'itstudy.config'}; "
-        "assert not bad, sorted(bad)"
+        "assert not bad, sorted(bad); "
+        "print(' '.join(m for m in sys.modules if m.startswith('itstudy')))"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    ours = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    allowed = {"torch", "transformers", "itstudy", "__future__", *sys.stdlib_module_names}
+    for module in ours:
+        tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
+        roots = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        roots |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+        assert roots <= allowed, (module, sorted(roots - allowed))
+
+
+def test_a_side_that_runs_out_of_memory_is_reported_and_the_others_go_on(monkeypatch, tmp_path, capsys):
+    attempts = []
+
+    def out_of_memory(*args, **kwargs):
+        attempts.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(bench, "run_hugging_face", out_of_memory)
+    report = bench_command(
+        ["train", "--shape", "scratch/t5-tiny", "--batch", "2", "--steps", "2", "--max-source", "128", "--max-target", "16",
+         "--threads", "1", "--repeats", "2", "--out", str(tmp_path / "bench.json")]
+    )
+    ours, hugging_face = report["results"]
+    assert len(report["all_rounds"]["ours (itstudy engine)"]) == 2 and ours["timed_steps"] == 2
+    assert hugging_face["does_not_fit"].startswith("does not fit at batch 2 (peak ") and hugging_face["does_not_fit"].endswith(" GB)")
+    assert len(attempts) == 1  # not tried again in the second round
+    printed = capsys.readouterr().out
+    table_row = [line for line in printed.splitlines() if line.startswith("  Seq2SeqTrainer (defaults)  ")]
+    assert "does not fit at batch 2 (peak" in table_row[0] and "ratio" not in printed
+    assert json.loads((tmp_path / "bench.json").read_text())["does_not_fit"] == {"Seq2SeqTrainer (defaults)": hugging_face["does_not_fit"]}
 
 
 @pytest.mark.parametrize(

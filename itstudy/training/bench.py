@@ -12,20 +12,21 @@ batches with dynamic padding. Hugging Face keeps its defaults (random batches pa
 longest member), except what makes it equivalent: batch, accumulation, steps, precision,
 constant schedule; `--hf-group-by-length` adds a row with its `group_by_length` sampler.
 
-Timing: one untimed forward and backward on the longest examples (gradients dropped), then one
-epoch over the examples, every step timed: both sides do exactly the same work. (Leaving out the
+Timing: one untimed forward and backward on a micro-batch of the longest examples (gradients
+dropped), then one epoch over the examples, every step timed: both sides do exactly the same work. (Leaving out the
 first steps instead would favour Hugging Face's group_by_length sampler, which puts the longest,
 most expensive batch first.) `--repeats` alternates the sides and reports each figure's median.
 
 Measured: non-padding tokens/s (source + target), samples/s, model FLOPs utilisation and peak
-memory. MFU counts 6 FLOPs per parameter per token, split by stack:
-    FLOPs per step = 6 * N_enc * source_tokens + 6 * N_dec * target_tokens
-with N_enc the encoder's matmul weights and N_dec the decoder's plus the output projection
-(input embeddings excluded: a lookup), over non-padding tokens only (a decoder-only model runs
-every prompt and target token through its one stack: 6 * N * (source + target)); attention-score FLOPs
-(QK^T and AV) are left out, so MFU is slightly understated at long sources. Peak: 790 TFLOP/s
+memory, per round and their medians. MFU counts the matmul FLOPs (6 per weight per token, the
+decoder's cross-attention K/V on source tokens) plus the attention-score FLOPs (QK^T and AV), each
+reported separately (`itstudy.training.flops`), over non-padding tokens only. Peak: 790 TFLOP/s
 for bf16 on H100/H200 (what an 8192^3 bf16 matmul reaches on both), or on CPU an fp32 2048^3
 matmul measured at start-up on this machine.
+
+Out of memory (torch.OutOfMemoryError on GPU, MemoryError on CPU) is a result, not a crash: the
+side is reported as "does not fit at batch B (peak X GB)", skipped in later rounds, and the others
+go on. Each side builds its own model and frees it (and the allocator's cache) before the next.
 
 Examples: random token ids with the (source, target) lengths of real SuperNI prompts
 (`itstudy.training.prompt_lengths`; `itstudy bench profile` measures them again).
@@ -37,6 +38,7 @@ runs on a GPU box that has no Ray, MLflow, datasets or rouge-score.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -53,15 +55,16 @@ import transformers
 
 from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
 from itstudy.training.engine import (
+    LABEL_PAD,
     CausalExample,
     Seq2SeqExample,
     StepPlan,
     collate,
     make_optimizer,
     make_scheduler,
-    token_counts,
     train_step,
 )
+from itstudy.training.flops import FlopModel, TokenStats, flop_model, step_flops
 from itstudy.training.models import (
     CAUSAL_SHAPES,
     T5_VOCAB_SIZE,
@@ -91,7 +94,11 @@ class Measurement:
     processes take inflates wall time but hardly CPU time (with one thread, nothing spins)."""
     samples_per_s: float
     mfu: float
-    """Model FLOPs per second over the peak (see module doc)."""
+    """Model FLOPs (matmul + attention scores) per second over the peak (see module doc)."""
+    matmul_tflops: float
+    """Matmul FLOPs of the timed steps, in units of 1e12."""
+    attention_tflops: float
+    """Attention-score FLOPs (QK^T and AV: encoder self, decoder self, cross) of the timed steps, 1e12."""
     padding_fraction: float
     """Share of the tokens in the padded tensors that are padding."""
     peak_memory_gb: float
@@ -141,13 +148,14 @@ class StepClock:
         self.started: float | None = None
         self.ended = 0.0
         self.cpu_started = self.cpu_ended = 0.0
-        self.steps = self.source = self.target = self.samples = self.padded = 0
+        self.steps = self.samples = self.padded = 0
+        self.tokens = TokenStats()
         model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs) -> None:
-        source, target = token_counts(kwargs, self.causal)
-        self.source += source
-        self.target += target
+        target = (kwargs["labels"] != LABEL_PAD).sum(1)
+        attended = kwargs["attention_mask"].sum(1)
+        self.tokens.add(attended - target if self.causal else attended, target)
         self.samples += len(kwargs["input_ids"])
         # a causal row holds prompt and target in one padded sequence
         self.padded += kwargs["input_ids"].numel() + (0 if self.causal else kwargs["labels"].numel())
@@ -162,26 +170,31 @@ class StepClock:
         self.ended, self.cpu_ended = time.perf_counter(), time.process_time()
         self.steps += 1
 
-    def measurement(self, name: str, flops_per_token: tuple[float, float], peak_flops: float) -> Measurement:
+    def measurement(self, name: str, model_flops: FlopModel, peak_flops: float) -> Measurement:
         seconds = self.ended - self.started
-        flops = flops_per_token[0] * self.source + flops_per_token[1] * self.target
+        tokens = self.tokens.source + self.tokens.target
+        flops = step_flops(model_flops, self.tokens)
         return Measurement(
             name=name,
-            tokens_per_s=(self.source + self.target) / seconds,
-            tokens_per_cpu_s=(self.source + self.target) / (self.cpu_ended - self.cpu_started),
+            tokens_per_s=tokens / seconds,
+            tokens_per_cpu_s=tokens / (self.cpu_ended - self.cpu_started),
             samples_per_s=self.samples / seconds,
-            mfu=flops / seconds / peak_flops,
-            padding_fraction=1 - (self.source + self.target) / self.padded,
+            mfu=flops.total / seconds / peak_flops,
+            matmul_tflops=flops.matmul / 1e12,
+            attention_tflops=flops.attention / 1e12,
+            padding_fraction=1 - tokens / self.padded,
             peak_memory_gb=_peak_memory_gb(self.device),
             seconds=seconds,
             timed_steps=self.steps,
         )
 
 
-def warm_up(model, examples: list[Seq2SeqExample], device: torch.device, dtype: torch.dtype) -> None:
-    """One forward and backward on the longest examples, gradients dropped, before any clock runs:
-    kernels, allocator pools and autotuning are ready for both sides alike; weights are unchanged."""
-    longest = sorted(examples, key=lambda e: len(e.input_ids) + len(e.labels))[-2:]
+def warm_up(model, examples: list[Seq2SeqExample], batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+    """One forward and backward on a micro-batch of the longest examples, gradients dropped, before any
+    clock runs: kernels, allocator pools and autotuning are ready for both sides alike at the largest
+    shape either side can meet (so a batch that does not fit fails here, in seconds); weights are unchanged.
+    Batches are padded to their longest member, so there are no fixed bucket shapes to warm one by one."""
+    longest = sorted(examples, key=lambda e: len(e.input_ids) + len(e.labels))[-batch_size:]
     batch = {key: value.to(device) for key, value in collate(longest, PAD_ID).items()}
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         model(**batch).loss.backward()
@@ -275,49 +288,86 @@ def bench_train(args) -> dict:
         examples = [CausalExample(e.input_ids, e.labels) for e in examples]
     # MFU is stated against bf16 peak on GPU and measured fp32 peak on CPU; fp32 on GPU has no stated peak here.
     peak = cpu_peak_flops() if device.type == "cpu" else GPU_BF16_PEAK_FLOPS if dtype == torch.bfloat16 else float("nan")
+    with torch.device("meta"):  # the shape without its memory: parameter and FLOP counts
+        skeleton = new_model(config, args.seed)
+    counts, flops = parameter_counts(skeleton), flop_model(skeleton)
     sides = [("ours (itstudy engine)", run_ours, {})]
     if not args.no_hf:
-        sides.append(("Seq2SeqTrainer (defaults)", run_hugging_face, {"group_by_length": False}))
+        if not args.no_hf_defaults:
+            sides.append(("Seq2SeqTrainer (defaults)", run_hugging_face, {"group_by_length": False}))
         if args.hf_group_by_length:
             sides.append(("Seq2SeqTrainer (group_by_length)", run_hugging_face, {"group_by_length": True}))
     # Sides alternate, `repeats` rounds, and each figure is a median over rounds: on a shared machine the
     # load changes during a run, and alternating spreads it over both sides.
     rounds: dict[str, list[Measurement]] = {name: [] for name, _, _ in sides}
-    load_before = os.getloadavg()[0]
+    does_not_fit: dict[str, str] = {}
+    setup = _setup(args, device, dtype, counts["total"], peak, flops)
     for _ in range(args.repeats):
         for name, run, options in sides:
-            model = new_model(config, args.seed).to(device)
-            counts = parameter_counts(model)
-            flops_per_token = (6.0 * (counts["decoder"] if causal else counts["encoder"]), 6.0 * counts["decoder"])
-            warm_up(model, examples, device, dtype)
-            clock = StepClock(model, device)
-            _reset_peak_memory(device)
-            run(model, examples, args, device, dtype, clock, **options)
-            rounds[name].append(clock.measurement(name, flops_per_token, peak))
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    results = [_median(name, measured) for name, measured in rounds.items()]
+            if name not in does_not_fit:
+                measured = _measure_side(name, run, options, new_model, config, examples, args, device, dtype, (flops, peak))
+                if isinstance(measured, Measurement):
+                    rounds[name].append(measured)
+                else:
+                    does_not_fit[name] = measured
+                    print(f"  {name}: {measured}", flush=True)
+        report = _report(device, setup, rounds, does_not_fit)
+        if args.out:  # after every round: a run stopped by a time limit keeps the rounds it finished
+            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _setup(args, device, dtype, parameters: int, peak: float, flops: FlopModel) -> dict:
+    return {
+        "shape": args.shape,
+        "parameters": parameters,
+        "precision": str(dtype).removeprefix("torch."),
+        "max_source": args.max_source,
+        "max_target": args.max_target,
+        "per_device_batch": args.batch,
+        "accumulation": args.accumulation,
+        "steps": args.steps,
+        "peak_flops": peak,
+        "flops": asdict(flops),
+        "repeats": args.repeats,
+        "load_average_before_after": [os.getloadavg()[0], None],
+        "command": "itstudy bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+    }
+
+
+def _report(device: torch.device, setup: dict, rounds: dict[str, list[Measurement]], does_not_fit: dict[str, str]) -> dict:
+    """The results so far as plain data: each side's medians, or why it does not fit, and every round."""
+    results = [asdict(_median(name, measured)) if measured else {"name": name, "does_not_fit": does_not_fit[name]}
+               for name, measured in rounds.items() if measured or name in does_not_fit]
     return {
         "machine": _machine(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
-        "setup": {
-            "shape": args.shape,
-            "parameters": counts["total"],
-            "precision": str(dtype).removeprefix("torch."),
-            "max_source": args.max_source,
-            "max_target": args.max_target,
-            "per_device_batch": args.batch,
-            "accumulation": args.accumulation,
-            "steps": args.steps,
-            "peak_flops": peak,
-            "repeats": args.repeats,
-            "load_average_before_after": [load_before, os.getloadavg()[0]],
-            "command": "itstudy bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
-        },
-        "results": [asdict(result) for result in results],
+        "setup": {**setup, "load_average_before_after": [setup["load_average_before_after"][0], os.getloadavg()[0]]},
+        "results": results,
         "all_rounds": {name: [asdict(m) for m in measured] for name, measured in rounds.items()},
+        "does_not_fit": does_not_fit,
     }
+
+
+def _measure_side(name, run, options, new_model, config, examples, args, device, dtype, flops_peak) -> Measurement | str:
+    """One round of one side on a fresh model: its Measurement, or "does not fit at batch B (peak X GB)".
+
+    The model, its optimiser and any exception (whose traceback holds their frames) are gone when this
+    returns; the collector and the allocator's cache are then emptied, so the next side starts clean."""
+    _reset_peak_memory(device)
+    try:
+        model = new_model(config, args.seed).to(device)
+        warm_up(model, examples, args.batch, device, dtype)
+        clock = StepClock(model, device)
+        run(model, examples, args, device, dtype, clock, **options)
+        result = clock.measurement(name, *flops_peak)
+    except (torch.OutOfMemoryError, MemoryError):
+        result = f"does not fit at batch {args.batch} (peak {_peak_memory_gb(device):.1f} GB)"
+    model = clock = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
 
 
 def _median(name: str, rounds: list[Measurement]) -> Measurement:
@@ -339,13 +389,22 @@ def print_report(report: dict) -> None:
           f"{setup['steps']} steps (one epoch, all timed, after one warm-up pass) on {report['machine']}")
     print(f"  peak for MFU: {setup['peak_flops'] / 1e12:.3g} TFLOP/s; median of {setup['repeats']} alternating rounds; "
           f"load average {setup['load_average_before_after'][0]:.1f} before, {setup['load_average_before_after'][1]:.1f} after")
-    header = f"  {'':34s} {'tokens/s':>10s} {'tok/CPU-s':>10s} {'samples/s':>10s} {'MFU':>7s} {'padding':>8s} {'peak mem GB':>12s}"
+    header = f"  {'':34s} {'tokens/s':>10s} {'tok/CPU-s':>10s} {'samples/s':>10s} {'MFU':>7s} {'attn':>6s} {'padding':>8s} {'peak mem GB':>12s}"
     print(header)
+    measured = [r for r in report["results"] if "does_not_fit" not in r]
     for r in report["results"]:
-        print(f"  {r['name']:34s} {r['tokens_per_s']:10.0f} {r['tokens_per_cpu_s']:10.0f} {r['samples_per_s']:10.2f} "
-              f"{r['mfu']:7.2%} {r['padding_fraction']:8.1%} {r['peak_memory_gb']:12.2f}")
+        if r in measured:
+            attention = r["attention_tflops"] / (r["matmul_tflops"] + r["attention_tflops"])
+            print(f"  {r['name']:34s} {r['tokens_per_s']:10.0f} {r['tokens_per_cpu_s']:10.0f} {r['samples_per_s']:10.2f} "
+                  f"{r['mfu']:7.2%} {attention:6.1%} {r['padding_fraction']:8.1%} {r['peak_memory_gb']:12.2f}")
+        else:
+            print(f"  {r['name']:34s} {r['does_not_fit']}")
+    print("  (attn: attention-score share of the model FLOPs that MFU counts)")
+    for name, why in report["does_not_fit"].items():
+        if any(r["name"] == name for r in measured):
+            print(f"  {name}: a later round {why}; medians over the rounds that ran")
     ours = report["results"][0]
-    for other in report["results"][1:]:
+    for other in measured[1:] if ours in measured else []:
         print(f"  ratio ours / {other['name']}: {ours['tokens_per_s'] / other['tokens_per_s']:.2f}x tokens/s, "
               f"{ours['tokens_per_cpu_s'] / other['tokens_per_cpu_s']:.2f}x tokens per CPU-second")
 
@@ -365,8 +424,6 @@ def run_bench(args) -> dict | None:
         return None
     report = bench_train(args)
     print_report(report)
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 

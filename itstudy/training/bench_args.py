@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="CPU threads for both sides (default: torch's)")
-    train.add_argument("--repeats", type=int, default=1, help="alternate the sides this many rounds; report medians")
+    train.add_argument("--repeats", type=int, default=3, help="alternate the sides this many rounds; report medians (default 3)")
     train.add_argument("--lengths", help="length profile JSON (default: the SuperNI profile shipped with itstudy)")
     train.add_argument("--no-hf", action="store_true", help="measure ours only")
     train.add_argument("--hf-group-by-length", action="store_true", help="also run Seq2SeqTrainer with group_by_length")
+    train.add_argument("--no-hf-defaults", action="store_true",
+                       help="skip Seq2SeqTrainer at its defaults (with --hf-group-by-length: ours against group_by_length only)")
     train.add_argument("--out", help="write the results as JSON here")
     profile = commands.add_parser("profile", help="measure SuperNI prompt lengths into the profile file")
     profile.add_argument("--max-source", type=int, default=1024)
