@@ -360,3 +360,27 @@ def test_logging_to_a_dead_server_never_raises(monkeypatch, free_ports):
     logger.end("FINISHED")
     assert logger.failures >= 4 and time.monotonic() - started < 30
     assert logger.pending_metrics == 12, "unsent metrics stay buffered for a later flush"
+
+
+def test_progress_is_a_display_that_an_outage_cannot_slow(sqlite_uri, tmp_path, monkeypatch):
+    from itstudy.training.reporter import PROGRESS_TAG, PlainReporter
+
+    experiment_id = ensure_experiment(sqlite_uri, "progress")
+    run_id = create_run(sqlite_uri, experiment_id, "trial", {"itstudy.kind": "trial"})
+    reporter = PlainReporter(tmp_path / "checkpoints")
+    reporter.logger = RunLogger(sqlite_uri, run_id)
+    training = {"train_loss": 2.5, "tokens_per_s": 1000.0}
+    reporter.show_progress(10, 100, training, 0.1)
+    reporter.show_progress(20, 100, training, 0.1)  # within PROGRESS_EVERY_S: not written
+    assert get_run(sqlite_uri, run_id).data.tags[PROGRESS_TAG].startswith("step 10/100")
+
+    # The tracking server gone: one write is tried, then none for a while; nothing counts as a lost value.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = PlainReporter(tmp_path / "down")
+    down.logger = RunLogger("http://127.0.0.1:9", run_id)
+    tries = []
+    real_try = down.logger.try_set_tag
+    monkeypatch.setattr(down.logger, "try_set_tag", lambda *args: tries.append(args) or real_try(*args))
+    for step in range(1, 50):
+        down.show_progress(step, 100, training, 0.1)
+    assert len(tries) == 1 and down.logger.failures == 0

@@ -153,6 +153,16 @@ class RunLogger:
         for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             self._attempt("set tags", lambda: self.client.log_batch(self.run_id, tags=chunk))
 
+    def try_set_tag(self, key: str, value: Any) -> bool:
+        """Set a display tag in one attempt; False if MLflow did not take it (not retried, not a failure:
+        the next update replaces it)."""
+        try:
+            self.client.set_tag(self.run_id, key, tag_value(value))
+            return True
+        except Exception as error:  # a display must never slow or stop the work
+            log.debug("MLflow tag %s for run %s not set: %s", key, self.run_id, error)
+            return False
+
     def log_config(self, study: Study) -> None:
         """The full study as `config.yaml`, flattened as params, its digest as a tag."""
         plain = to_plain(study)

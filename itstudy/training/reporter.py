@@ -26,6 +26,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,8 @@ class Reporter:
     """Where this worker computes."""
     logger: RunLogger | None = None
     """Rank 0's logger while `tracking` is open for a run; None otherwise."""
+    _progress_due: float = 0.0
+    """When `show_progress` may write the progress tag again (time.monotonic)."""
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
         """Hand over metrics (and, from rank 0, a finished checkpoint folder); a barrier over ranks."""
@@ -142,9 +145,16 @@ class Reporter:
                 self.logger.log_model(folder, registered_name)
 
     def show_progress(self, step: int, steps: int, training: Mapping[str, float], seconds_per_step: float) -> None:
-        """The run's live progress as its `itstudy.progress` tag, which the sweep's console and the UI show."""
-        if self.logger:
-            self.logger.set_tags({PROGRESS_TAG: progress_text(step, steps, training, seconds_per_step)})
+        """The run's live progress as its `itstudy.progress` tag, which the sweep's console and the UI show.
+
+        A display, not a result: rewritten at most every `PROGRESS_EVERY_S`, tried once, and after a
+        failure (the tracking server is down) not tried for `PROGRESS_PAUSE_S`, so that an outage
+        never slows training by a write per step.
+        """
+        if not self.logger or time.monotonic() < self._progress_due:
+            return
+        shown = self.logger.try_set_tag(PROGRESS_TAG, progress_text(step, steps, training, seconds_per_step))
+        self._progress_due = time.monotonic() + (PROGRESS_EVERY_S if shown else PROGRESS_PAUSE_S)
 
     def flush(self) -> None:
         if self.logger:
@@ -166,6 +176,10 @@ class Reporter:
 
 PROGRESS_TAG = "itstudy.progress"
 """A running training run's step, loss, throughput and ETA, as one line of text."""
+PROGRESS_EVERY_S = 10.0
+"""The progress tag is rewritten at most this often (the sweep's console reads it once a minute)."""
+PROGRESS_PAUSE_S = 120.0
+"""After a failed progress write, none is tried for this long."""
 
 
 def progress_text(step: int, steps: int, training: Mapping[str, float], seconds_per_step: float) -> str:
