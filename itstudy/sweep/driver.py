@@ -37,7 +37,7 @@ from pathlib import Path
 from itstudy.config import Study, to_plain
 from itstudy.paths import storage_path
 from itstudy.sweep.cluster import check_cluster, ray_session
-from itstudy.sweep.lock import store_creation_lock, study_lock
+from itstudy.sweep.lock import study_lock
 from itstudy.sweep.outcomes import SweepResult
 from itstudy.sweep.parent import close_orphans, find_parent_run, model_free_baselines, open_parent_run
 from itstudy.sweep.preflight import preflight, search_space
@@ -53,6 +53,7 @@ from itstudy.tracking import (
     ensure_experiment,
     experiment_name,
     resolve_tracking_uri,
+    store_creation_lock,
     sync_folder,
 )
 

@@ -56,18 +56,6 @@ def sqlite_file(uri: str) -> Path | None:
 
 
 @contextmanager
-def store_creation_lock(uri: str) -> Iterator[None]:
-    """Serialise first contact with an SQLite store (MLflow creates and migrates its schema then)."""
-    database = sqlite_file(uri)
-    if database is None:
-        yield
-        return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{database}.lock"):
-        yield
-
-
-@contextmanager
 def study_lock(sweep: str, uri: str, find_parent: Callable[[], FoundRun]) -> Iterator[FoundRun]:
     """Hold sweep `sweep` of the store at `uri` while the block runs; yields its parent run
     (`find_parent()`, found or created under the file lock, so two first runs make one).

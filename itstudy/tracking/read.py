@@ -11,7 +11,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from itstudy.tracking.runs import search_runs
-from itstudy.tracking.store import TrackingError, check_readable, store_exists
+from itstudy.tracking.store import TrackingError, check_readable, store_creation_lock, store_exists
 
 
 def experiment_id_of(uri: str, name: str) -> str | None:
@@ -20,7 +20,8 @@ def experiment_id_of(uri: str, name: str) -> str | None:
     if not store_exists(uri):
         return None
     check_readable(uri)
-    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    with store_creation_lock(uri):  # the store may be in its first migration, by a study starting
+        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
     return experiment.experiment_id if experiment else None
 
 

@@ -18,12 +18,14 @@ import json
 import os
 import socket
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import requests
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -169,6 +171,19 @@ def check_readable(uri: str) -> None:
 def store_exists(uri: str) -> bool:
     """False only for an SQLite store whose file is not made yet (a server's store is the server's)."""
     return not _is_sqlite(uri) or _sqlite_path(uri).is_file()
+
+
+@contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """Serialise first contact with an SQLite store: MLflow creates and migrates its schema then, and a
+    second process that opens it meanwhile (a study, `report`, `ui`) would migrate it too and fail."""
+    if not _is_sqlite(uri):
+        yield
+        return
+    database = _sqlite_path(uri)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):
+        yield
 
 
 def check_writable(uri: str) -> None:
