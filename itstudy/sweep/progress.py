@@ -16,7 +16,7 @@ from ray import tune
 
 from itstudy.sweep.trainable import SweepContext, resolve_trial, run_name
 from itstudy.sweep.trials import Trial
-from itstudy.tracking import RunLogger, find_runs
+from itstudy.tracking import RunLogger, check_server, find_runs
 from itstudy.training.reporter import PROGRESS_TAG
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Progress(tune.Callback):
     def show_running(self) -> None:
         """One line per running child run whose progress moved since it was last printed."""
         try:
+            check_server(self.parent.uri)  # in seconds: MLflow's own retries would hold Tune's loop for minutes
             children = {"mlflow.parentRunId": self.parent.run_id}
             running = find_runs(self.parent.uri, self.context.experiment_id, children, status="RUNNING")
         except Exception as error:  # the store is down: the trials keep their records; the view waits
