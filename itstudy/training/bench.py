@@ -42,29 +42,26 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import transformers
 
 from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
+from itstudy.training.bench_clock import PAD_ID, Measurement, StepClock, cpu_peak_flops, peak_memory_gb, reset_peak_memory, warm_up
 from itstudy.training.engine import (
-    LABEL_PAD,
     CausalExample,
-    Seq2SeqExample,
     StepPlan,
     collate,
     make_optimizer,
     make_scheduler,
     train_step,
 )
-from itstudy.training.flops import FlopModel, TokenStats, flop_model, step_flops
+from itstudy.training.flops import FlopModel, flop_model
 from itstudy.training.models import (
     CAUSAL_SHAPES,
     T5_VOCAB_SIZE,
@@ -79,127 +76,6 @@ from itstudy.training.prompt_lengths import LENGTHS_FILE, examples_with_prompt_l
 
 GPU_BF16_PEAK_FLOPS = 790e12  # an 8192^3 bf16 matmul, measured on H100 and on H200
 LEARNING_RATE = 1e-4
-PAD_ID = 0  # T5's <pad>
-
-
-@dataclass
-class Measurement:
-    """One side of the comparison."""
-
-    name: str
-    tokens_per_s: float
-    """Non-padding source + target tokens per second of wall time, over the timed steps."""
-    tokens_per_cpu_s: float
-    """The same per second of this process's CPU time: on a shared CPU machine, what other
-    processes take inflates wall time but hardly CPU time (with one thread, nothing spins)."""
-    samples_per_s: float
-    mfu: float
-    """Model FLOPs (matmul + attention scores) per second over the peak (see module doc)."""
-    matmul_tflops: float
-    """Matmul FLOPs of the timed steps, in units of 1e12."""
-    attention_tflops: float
-    """Attention-score FLOPs (QK^T and AV: encoder self, decoder self, cross) of the timed steps, 1e12."""
-    padding_fraction: float
-    """Share of the tokens in the padded tensors that are padding."""
-    peak_memory_gb: float
-    seconds: float
-    timed_steps: int
-
-
-# --- measuring -------------------------------------------------------------------------------
-
-
-def cpu_peak_flops() -> float:
-    """fp32 FLOP/s of a 2048^3 matmul on this machine: the CPU's practical ceiling."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(2):
-        a @ b
-    start, repeats = time.perf_counter(), 10
-    for _ in range(repeats):
-        a @ b
-    return 2 * 2048**3 * repeats / (time.perf_counter() - start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    # ru_maxrss is the process's peak resident set in KiB (Linux): it includes the earlier side's peak.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-class StepClock:
-    """Tokens of every forward pass (a forward pre-hook, the same for both sides) and the time from
-    the first optimiser step's start to the last one's end: both sides do exactly one epoch over
-    the same examples, so both are timed on identical work."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.device = device
-        self.causal = not model.config.is_encoder_decoder
-        self.started: float | None = None
-        self.ended = 0.0
-        self.cpu_started = self.cpu_ended = 0.0
-        self.steps = self.samples = self.padded = 0
-        self.tokens = TokenStats()
-        model.register_forward_pre_hook(self._count, with_kwargs=True)
-
-    def _count(self, module, args, kwargs) -> None:
-        target = (kwargs["labels"] != LABEL_PAD).sum(1)
-        attended = kwargs["attention_mask"].sum(1)
-        self.tokens.add(attended - target if self.causal else attended, target)
-        self.samples += len(kwargs["input_ids"])
-        # a causal row holds prompt and target in one padded sequence
-        self.padded += kwargs["input_ids"].numel() + (0 if self.causal else kwargs["labels"].numel())
-
-    def step_started(self) -> None:
-        if self.started is None:
-            _sync(self.device)
-            self.started, self.cpu_started = time.perf_counter(), time.process_time()
-
-    def step_done(self) -> None:
-        _sync(self.device)
-        self.ended, self.cpu_ended = time.perf_counter(), time.process_time()
-        self.steps += 1
-
-    def measurement(self, name: str, model_flops: FlopModel, peak_flops: float) -> Measurement:
-        seconds = self.ended - self.started
-        tokens = self.tokens.source + self.tokens.target
-        flops = step_flops(model_flops, self.tokens)
-        return Measurement(
-            name=name,
-            tokens_per_s=tokens / seconds,
-            tokens_per_cpu_s=tokens / (self.cpu_ended - self.cpu_started),
-            samples_per_s=self.samples / seconds,
-            mfu=flops.total / seconds / peak_flops,
-            matmul_tflops=flops.matmul / 1e12,
-            attention_tflops=flops.attention / 1e12,
-            padding_fraction=1 - tokens / self.padded,
-            peak_memory_gb=_peak_memory_gb(self.device),
-            seconds=seconds,
-            timed_steps=self.steps,
-        )
-
-
-def warm_up(model, examples: list[Seq2SeqExample], batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-    """One forward and backward on a micro-batch of the longest examples, gradients dropped, before any
-    clock runs: kernels, allocator pools and autotuning are ready for both sides alike at the largest
-    shape either side can meet (so a batch that does not fit fails here, in seconds); weights are unchanged.
-    Batches are padded to their longest member, so there are no fixed bucket shapes to warm one by one."""
-    longest = sorted(examples, key=lambda e: len(e.input_ids) + len(e.labels))[-batch_size:]
-    batch = {key: value.to(device) for key, value in collate(longest, PAD_ID).items()}
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        model(**batch).loss.backward()
-    model.zero_grad(set_to_none=True)
-    _sync(device)
 
 
 # --- the two sides ---------------------------------------------------------------------------
@@ -354,7 +230,7 @@ def _measure_side(name, run, options, new_model, config, examples, args, device,
 
     The model, its optimiser and any exception (whose traceback holds their frames) are gone when this
     returns; the collector and the allocator's cache are then emptied, so the next side starts clean."""
-    _reset_peak_memory(device)
+    reset_peak_memory(device)
     try:
         model = new_model(config, args.seed).to(device)
         warm_up(model, examples, args.batch, device, dtype)
@@ -362,7 +238,7 @@ def _measure_side(name, run, options, new_model, config, examples, args, device,
         run(model, examples, args, device, dtype, clock, **options)
         result = clock.measurement(name, *flops_peak)
     except (torch.OutOfMemoryError, MemoryError):
-        result = f"does not fit at batch {args.batch} (peak {_peak_memory_gb(device):.1f} GB)"
+        result = f"does not fit at batch {args.batch} (peak {peak_memory_gb(device):.1f} GB)"
     model = clock = None
     gc.collect()
     if device.type == "cuda":
