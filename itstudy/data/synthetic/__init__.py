@@ -28,21 +28,15 @@ the same inputs) tell a model that reads the rule from one that only answers in 
 
 Two modules:
 - `families`: what the tasks are, as data: 6 families of inputs, the rules (definitions, label
-  words, labelling functions) applied to them, the counterfactual pairs among the rules, and the
-  pool of label words with the draws of the training tasks;
+  words, labelling functions) applied to them;
+- `label_draws`: the pool of label words, the draws of the training tasks dealt from it, and the
+  counterfactual pairs among the written groups;
 - `generator`: how the files are written: instances dealt label-balanced from each family's
   inputs, the task JSON, the split lists, and the cache folder named by the generator version.
 """
 
-from itstudy.data.synthetic.families import (
-    FAMILIES,
-    LABEL_POOL,
-    POOL_DRAWS,
-    Family,
-    Rule,
-    counterfactual_pairs,
-    written_groups,
-)
+from itstudy.data.synthetic.families import FAMILIES, Family, Rule
+from itstudy.data.synthetic.label_draws import LABEL_POOL, POOL_DRAWS, counterfactual_pairs, written_groups
 from itstudy.data.synthetic.generator import (
     GENERATOR_VERSION,
     SyntheticError,

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from itstudy.config import SyntheticConfig
-from itstudy.data.synthetic.families import FAMILIES, Family, Rule, written_groups
+from itstudy.data.synthetic.families import FAMILIES, Family, Rule
+from itstudy.data.synthetic.label_draws import written_groups
 from itstudy.errors import UserError
 
 # Bump whenever the generated content changes: the task files record it (`_synthetic`).
