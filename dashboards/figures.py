@@ -50,18 +50,8 @@ def data_size_curve(table: pd.DataFrame) -> bytes:
         axes = figure.add_subplot(1, len(panels), index + 1)
         metric = HEADLINE[split]
         rows = table[(table["split"] == split) & (table["metric"] == metric)]
-        _draw_trials(axes, rows[rows["kind"] == TRIAL])
-        _draw_baselines(axes, rows[rows["kind"] == BASELINE])
-        axes.set_xscale("log")
-        sizes = sorted(rows.loc[rows["kind"] == TRIAL, "size"].dropna().astype(int).unique())
-        if sizes:
-            axes.set_xticks(sizes, [str(size) for size in sizes])
-            axes.minorticks_off()
-        axes.set_xlabel("training instances per task")
-        axes.set_ylabel(f"{METRIC_LABEL[metric]} (%)")
-        axes.set_title(f"{split} tasks: mean and 95% CI over tasks and seeds", fontsize=10)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        _curve(axes, rows, "training instances per task", f"{METRIC_LABEL[metric]} (%)",
+               f"{split} tasks: mean and 95% CI over tasks and seeds")
     return _png(figure)
 
 
@@ -75,18 +65,24 @@ def diversity_curve(table: pd.DataFrame, split: str) -> bytes:
     for index, metric in enumerate(metrics):
         axes = figure.add_subplot(1, len(metrics), index + 1)
         rows = table[table["metric"] == metric].rename(columns={"num_train_tasks": "size"})
-        _draw_trials(axes, rows[rows["kind"] == TRIAL])
-        _draw_baselines(axes, rows[rows["kind"] == BASELINE])
-        counts = sorted(rows.loc[rows["kind"] == TRIAL, "size"].dropna().astype(int).unique())
-        axes.set_xscale("log")
-        axes.set_xticks(counts, [str(count) for count in counts])
-        axes.minorticks_off()
-        axes.set_xlabel("training tasks")
-        axes.set_ylabel(f"{DIVERSITY_LABEL[metric]} (%)")
-        axes.set_title(f"{split} test tasks: mean and 95% CI", fontsize=10)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        _curve(axes, rows, "training tasks", f"{DIVERSITY_LABEL[metric]} (%)", f"{split} test tasks: mean and 95% CI")
     return _png(figure)
+
+
+def _curve(axes, rows: pd.DataFrame, xlabel: str, ylabel: str, title: str) -> None:
+    """Trial conditions against `size` on a log axis ticked at the measured sizes, baselines beside them."""
+    _draw_trials(axes, rows[rows["kind"] == TRIAL])
+    _draw_baselines(axes, rows[rows["kind"] == BASELINE])
+    axes.set_xscale("log")
+    sizes = sorted(rows.loc[rows["kind"] == TRIAL, "size"].dropna().astype(int).unique())
+    if sizes:
+        axes.set_xticks(sizes, [str(size) for size in sizes])
+        axes.minorticks_off()
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
 def _draw_trials(axes, rows: pd.DataFrame) -> None:
