@@ -218,7 +218,7 @@ def _table2_blocks(table: pd.DataFrame) -> list[dict]:
                  "kind": BASELINE if row["row"] == "zero-shot" else TRIAL, "em": row["exact_match"], "rl": row["rougeL"],
                  "detail": f"{row['n_tasks']} tasks × {row['n_seeds']} seeds"}
                 for row in part.to_dict("records")]  # fmt: skip
-        count = part["parameters"].max()
+        count = part["parameters"].min()
         blocks.append({"model": model, "parameters": "" if pd.isna(count) else f"{int(count):,} parameters",
                        "size": int(part["size"].iloc[0]), "rows": rows})
     return blocks

@@ -56,14 +56,15 @@ def table2(scores: pd.DataFrame) -> pd.DataFrame:
     for model in _models(scores):
         mine = scores[scores["model"] == model]
         for label, part in _table2_cells(mine, size):
-            for condition, cell in part.groupby("condition", sort=True):
+            # a row without finished runs stays, showing none, so the table keeps the paper's shape
+            for condition, cell in list(part.groupby("condition", sort=True)) or [("", part)]:
                 rows.append({"model": model, "row": label, "condition": condition, "size": size, **_seed_summary(cell)})
     return pd.DataFrame(rows)
 
 
 def _models(scores: pd.DataFrame) -> list[str]:
     """The study's models, smallest first (by logged parameter count, then name)."""
-    models = scores[scores["model"] != ""].groupby("model")["parameters"].max()
+    models = scores[scores["model"] != ""].groupby("model")["parameters"].min()
     return sorted(models.index, key=lambda name: (pd.isna(models[name]), models[name] if pd.notna(models[name]) else 0, name))
 
 
@@ -82,7 +83,7 @@ def _table2_cells(mine: pd.DataFrame, size) -> list[tuple[str, pd.DataFrame]]:
 def _seed_summary(cell: pd.DataFrame) -> dict:
     """Each metric's mean over tasks per seed, then mean and sd over seeds (the paper's ± is over seeds)."""
     per_seed = cell.groupby("seed")[list(TABLE2_METRICS)].mean()
-    summary = {"n_seeds": len(per_seed), "n_tasks": cell["task"].nunique(), "parameters": cell["parameters"].max()}
+    summary = {"n_seeds": len(per_seed), "n_tasks": cell["task"].nunique(), "parameters": cell["parameters"].min()}
     for metric in TABLE2_METRICS:
         values = per_seed[metric].dropna().tolist()
         summary[metric] = mean_sd(values)
