@@ -808,6 +808,11 @@ def test_a_model_axis_gets_the_table2_layout_and_em_against_parameter_count(tmp_
     assert untuned.iloc[1] - untuned.iloc[0] == pytest.approx(10.0)
     assert em.loc[em["condition"] == "random", "parameters"].isna().all()
     assert 'id="fig-scale"' in html and (report.parent / "scale_curve.png").read_bytes().startswith(b"\x89PNG")
+    # The best tuned condition (the larger model) is compared with its own model's untuned run only.
+    verdicts = pd.read_csv(report.parent / "verdicts.csv")
+    untuned = verdicts.loc[verdicts["reference"].str.startswith("untuned"), ["candidate", "reference"]]
+    assert untuned.values.tolist() == [["def-original+ex-original (model=scratch/t5-tiny)",
+                                        "untuned (def-original+ex-original, model=scratch/t5-tiny)"]]
 
 
 def test_a_study_over_sizes_without_untuned_runs_has_no_table2(fixture_report):
