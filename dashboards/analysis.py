@@ -271,10 +271,11 @@ def _baseline_verdicts(scores: pd.DataFrame, margin: float) -> list[dict]:
         best = best_trial(scores, size, split)
         if best is None:
             continue
-        variant = part.loc[part["condition"] == best, "variant"].iloc[0]
+        chosen = part.loc[part["condition"] == best].iloc[0]
         for baseline in conditions(part, BASELINE):
-            if baseline.startswith("untuned") and baseline != f"untuned ({variant})":
-                continue  # the untuned model is compared under the best condition's own prompts
+            run = part[part["condition"] == baseline].iloc[0]
+            if baseline.startswith("untuned") and (run["variant"], run.get("model")) != (chosen["variant"], chosen.get("model")):
+                continue  # the untuned model is compared under the best condition's own prompts and model
             theirs = cell(part, baseline, size)
             if theirs.empty:
                 theirs = cell(part, baseline, pd.NA)

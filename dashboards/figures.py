@@ -6,6 +6,8 @@
 - diversity curve: EM (and the label-space rate and rank EM where logged) against the number of
   training tasks, one line per trial condition with its 95% CI band, baselines as in the data-size
   curve;
+- scale curve: EM (and the label-space rate where logged) against the model's parameter count
+  (log scale), one line per condition, the untuned model per variant as its own dotted line;
 - per-task differences: a heat map of variant minus reference per test task and size;
 - verdicts: each paired difference with its 95% CI against the shaded equivalence margin;
 - format metrics: EM, rank EM and the label-space rate per condition with their 95% CIs, one
@@ -26,6 +28,7 @@ from matplotlib.figure import Figure
 from dashboards.analysis import DIVERSITY_METRICS, HEADLINE, METRIC_LABEL
 from dashboards.learned import FORMAT_METRICS, LABEL, RANDOM
 from dashboards.runs import BASELINE, TRIAL
+from dashboards.scale import SCALE_METRICS
 
 DPI = 110
 
@@ -67,6 +70,30 @@ def diversity_curve(table: pd.DataFrame, split: str) -> bytes:
         rows = table[table["metric"] == metric].rename(columns={"num_train_tasks": "size"})
         _curve(axes, rows, "training tasks", f"{DIVERSITY_LABEL[metric]} (%)", f"{split} test tasks: mean and 95% CI")
     return _png(figure)
+
+
+SCALE_LABEL = {"exact_match": "EM", "label_space_rate": "in label space"}
+
+
+def scale_curve(table: pd.DataFrame, split: str) -> bytes:
+    """Each logged metric of `scale.scale_table` against the parameter count (log scale), untuned as its own line."""
+    metrics = [metric for metric in SCALE_METRICS if metric in set(table["metric"])]
+    figure = Figure(figsize=(5.0 * len(metrics), 4.2))
+    for index, metric in enumerate(metrics):
+        axes = figure.add_subplot(1, len(metrics), index + 1)
+        rows = table[table["metric"] == metric].rename(columns={"parameters": "size"})
+        _curve(axes, rows, "parameters", f"{SCALE_LABEL[metric]} (%)", f"{split} test tasks: mean and 95% CI")
+        counts = sorted(rows["size"].dropna().astype(int).unique())
+        axes.set_xticks(counts, [_count(count) for count in counts])  # 77M reads better than 76961152
+        axes.minorticks_off()
+    return _png(figure)
+
+
+def _count(parameters: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if parameters >= scale:
+            return f"{parameters / scale:.3g}{unit}"
+    return str(parameters)
 
 
 def _curve(axes, rows: pd.DataFrame, xlabel: str, ylabel: str, title: str) -> None:

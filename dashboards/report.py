@@ -6,11 +6,12 @@ Writes into one folder (default `$ITSTUDY_HOME/reports/<experiment>/`):
 - `report.html`, self-contained (figures embedded as base64 PNG): what was learned (the finding
   in one sentence, EM beside rank EM and the label-space rate, the pair and negation probes), the
   answer in sentences, the verdict table, the paper-style (Table 1) layout per task split, the
-  per-category table with SuperNI's headline metric, the data-size curve, the diversity curve
-  (when the number of training tasks is swept), the per-task differences, provenance (experiment file, code version, data digests,
+  per-category table with SuperNI's headline metric, the paper's Table 2 layout (zero-shot,
+  original, simplified per model) and EM against parameter count when the study has their shape
+  (`dashboards.scale`), the data-size curve, the diversity curve (when the number of training tasks is swept), the per-task differences, provenance (experiment file, code version, data digests,
   model, runs, failures);
 - the figures as PNG files and the tables as CSV files (`paper_table.csv`, `verdicts.csv`,
-  `task_differences.csv`, `category_table.csv`, `runs.csv`, `diversity_table.csv` when swept, and when their metrics were logged `format_table.csv`,
+  `task_differences.csv`, `category_table.csv`, `runs.csv`, `diversity_table.csv` when swept, `table2.csv` and `scale_table.csv` when built, and when their metrics were logged `format_table.csv`,
   `pair_probe.csv`, `negation_probe.csv`);
 and logs the folder as the `report/` artifacts of the sweep's parent run.
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from dashboards import analysis, figures, learned
+from dashboards import analysis, figures, learned, scale
 from dashboards.runs import BASELINE, FINISHED, TRIAL, StudyRuns, param, read_study
 from itstudy.stats import DEFAULT_MARGIN, METHOD
 from itstudy.paths import itstudy_home
@@ -90,6 +91,8 @@ def _tables(scores: pd.DataFrame, overall: pd.DataFrame, margin: float) -> dict[
         "task_differences": analysis.task_differences(scores),
         "category_table": analysis.category_table(scores),
         "diversity_table": analysis.diversity_table(scores),
+        "table2": scale.table2(scores),
+        "scale_table": scale.scale_table(scores),
         "format_table": learned.format_table(scores),
         "pair_probe": learned.pair_table(scores, overall, margin),
         "negation_probe": learned.negation_table(scores, overall, margin),
@@ -103,6 +106,8 @@ def _figures(tables: dict[str, pd.DataFrame], headline_split: str, margin: float
         images["data_size_curve"] = figures.data_size_curve(tables["paper_table"])
     if not tables.get("diversity_table", pd.DataFrame()).empty:
         images["diversity_curve"] = figures.diversity_curve(tables["diversity_table"], headline_split)
+    if not tables.get("scale_table", pd.DataFrame()).empty:
+        images["scale_curve"] = figures.scale_curve(tables["scale_table"], headline_split)
     if not tables.get("task_differences", pd.DataFrame()).empty:
         images["task_differences"] = figures.task_heatmap(tables["task_differences"])
     if not tables.get("format_table", pd.DataFrame()).empty:
@@ -139,6 +144,7 @@ def _context(study: StudyRuns, scores, overall, tables, images, margin: float, t
         "method": METHOD,
         "verdicts": _verdict_rows(verdicts),
         "sections": _paper_sections(tables.get("paper_table", pd.DataFrame())),
+        "table2": _table2_blocks(tables.get("table2", pd.DataFrame())),
         "categories": _category_rows(tables.get("category_table", pd.DataFrame())),
         "images": {name: base64.b64encode(png).decode("ascii") for name, png in images.items()},
         "provenance": _provenance(study),
@@ -202,6 +208,20 @@ def _cell(rows: pd.DataFrame | None) -> dict:
         "rl": _interval(rl["mean"], rl["ci_low"], rl["ci_high"]),
         "detail": f"{int(em['n_tasks'])} tasks × {int(em['n_seeds'])} seeds, {spread}",
     }
+
+
+def _table2_blocks(table: pd.DataFrame) -> list[dict]:
+    """Per model (smallest first): its parameter count and rows zero-shot, original, simplified."""
+    blocks = []
+    for model, part in (table.groupby("model", sort=False) if not table.empty else []):
+        rows = [{"row": row["row"] if part["row"].eq(row["row"]).sum() == 1 else f"{row['row']}: {row['condition']}",
+                 "kind": BASELINE if row["row"] == "zero-shot" else TRIAL, "em": row["exact_match"], "rl": row["rougeL"],
+                 "detail": f"{row['n_tasks']} tasks × {row['n_seeds']} seeds"}
+                for row in part.to_dict("records")]  # fmt: skip
+        count = part["parameters"].min()
+        blocks.append({"model": model, "parameters": "" if pd.isna(count) else f"{int(count):,} parameters",
+                       "size": int(part["size"].iloc[0]), "rows": rows})
+    return blocks
 
 
 def _category_rows(table: pd.DataFrame) -> list[dict]:

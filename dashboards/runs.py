@@ -8,7 +8,9 @@ their tags, params and final metrics in one query, and a few small artifacts (on
 A run is placed by the tags the sweep writes: `itstudy.kind` trial or baseline,
 `itstudy.variant`, `itstudy.instances_per_task`, `itstudy.seed`, `itstudy.baseline`. A trial's
 condition is its variant plus any other grid axis of the sweep (read from the sweep's `grid.*`
-params); a baseline's condition is its name (the untuned model per variant, as its prompts are).
+params); a baseline's condition is its name (the untuned model per variant, as its prompts are, and
+per model over a `model.name` axis). Each run's model (`itstudy.model`) and parameter count
+(`run.model_parameters`, logged by training and untuned runs) are kept for the scale views.
 
 Nothing here fails on a failed, missing or duplicated run: each becomes a note that the report
 prints. `ReportError` is raised only when there is nothing to report on.
@@ -39,6 +41,8 @@ _KIND_OF_TAG = {"trial": TRIAL, "train": TRIAL, "baseline": BASELINE}
 # Axes every trial is already placed by (variant, data size, seed); other grid axes name conditions.
 _PLACED_AXES = ("variant.", "data.instances_per_task", "seed")
 _ERRORS_READ = 10
+_AXIS_LABEL = {"model.name": "model"}
+"""How a condition names an axis whose last component alone would not say what it is."""
 SCORES = ("exact_match", "rougeL")
 """Per-task metrics every scored run has."""
 PROBES = (
@@ -66,7 +70,7 @@ class StudyRuns:
     sweep: pd.Series | None
     """The sweep's parent run (None when the runs have no sweep, e.g. standalone `itstudy train`)."""
     runs: pd.DataFrame
-    """The sweep's trial and baseline runs: run_id, name, status, kind, condition, variant, size, seed, ..."""
+    """The sweep's trial and baseline runs: run_id, name, status, kind, condition, variant, size, seed, model, parameters, ..."""
     scores: pd.DataFrame
     """One row per (finished run, test task): run columns + task, category, is_classification, SCORES, PROBES."""
     missing: list[str]
@@ -159,21 +163,23 @@ def _describe(members: pd.DataFrame, other_axes: list[str]) -> pd.DataFrame:
     runs["baseline"] = _tag(members, "itstudy.baseline").fillna("")
     runs["size"] = pd.to_numeric(_tag(members, "itstudy.instances_per_task"), errors="coerce").astype("Int64")
     runs["seed"] = pd.to_numeric(_tag(members, "itstudy.seed"), errors="coerce").astype("Int64")
+    runs["model"] = _tag(members, "itstudy.model").fillna("")
+    runs["parameters"] = pd.to_numeric(members.get("params.run.model_parameters", pd.Series(pd.NA, index=members.index)), errors="coerce")
     runs["other"] = [_other_values(row, other_axes) for _, row in members.iterrows()]
-    runs["condition"] = [_condition(row) for _, row in runs.iterrows()]
+    runs["condition"] = [_condition(row, "model.name" in other_axes) for _, row in runs.iterrows()]
     return runs
 
 
 def _other_values(run: pd.Series, axes: list[str]) -> str:
-    values = [f"{axis.rsplit('.', 1)[-1]}={run.get(f'params.{axis}')}" for axis in axes]
+    values = [f"{_AXIS_LABEL.get(axis, axis.rsplit('.', 1)[-1])}={run.get(f'params.{axis}')}" for axis in axes]
     return ", ".join(values)
 
 
-def _condition(run: pd.Series) -> str:
+def _condition(run: pd.Series, model_axis: bool) -> str:
     if run["kind"] == TRIAL:
         return f"{run['variant']} ({run['other']})" if run["other"] else run["variant"]
-    if run["baseline"] == "untuned":
-        return f"untuned ({run['variant']})"
+    if run["baseline"] == "untuned":  # over a model axis, each model's untuned run is its own condition
+        return f"untuned ({run['variant']}, model={run['model']})" if model_axis else f"untuned ({run['variant']})"
     return run["baseline"] or run["name"]
 
 

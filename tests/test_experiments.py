@@ -7,6 +7,7 @@ import shlex
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from itstudy.config import load_study
@@ -95,3 +96,8 @@ def test_each_debug_command_runs_on_the_sample_with_dev_metrics_on_every_trial(s
 
     html = build_report("diversity", tracking_uri=uri).read_text()
     assert 'id="fig-diversity"' in html and 'class="category-table"' in html
+    # Table 2's layout from its debug run: zero-shot (untuned), original and simplified for the model.
+    table2 = build_report("paper-table2", tracking_uri=uri)
+    rows = pd.read_csv(table2.parent / "table2.csv")
+    assert list(rows["row"]) == ["zero-shot", "original", "simplified"] and set(rows["model"]) == {"scratch/llama-tiny"}
+    assert rows["parameters"].gt(0).all() and 'class="table2"' in table2.read_text()

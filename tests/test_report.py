@@ -202,9 +202,10 @@ def _probe_metrics(probes: dict[str, dict[str, float]]) -> dict[str, float]:
     return metrics
 
 
-def _log_child(uri, experiment_id, parent_id, name, tags, tasks, values, status="FINISHED", probes=None) -> None:
+def _log_child(uri, experiment_id, parent_id, name, tags, tasks, values, status="FINISHED", probes=None, params=None) -> None:
     run_id = create_run(uri, experiment_id, name, {**tags, "itstudy.trial_key": name}, parent_run_id=parent_id)
     logger = RunLogger(uri, run_id)
+    logger.log_params(params or {})
     if status == "FINISHED":
         metrics = {f"{metric}_for_{task}": pair[i] for task, pair in values.items() for i, metric in enumerate(("exact_match", "rougeL"))}
         pooled = [pair for task, pair in values.items() if not task.startswith("task1415")]
@@ -745,3 +746,76 @@ def test_diversity_table_and_curve_follow_the_number_of_training_tasks():
     assert baseline["num_train_tasks"].isna().all() and set(baseline["condition"]) == {"random"}
     assert figures.diversity_curve(table, "classification").startswith(b"\x89PNG")
     assert analysis.diversity_table(_diversity_scores().assign(other="")).empty
+
+
+# --- backbones and scale: a model axis with untuned baselines (Table 2 layout, EM against parameters) ----
+
+# Model -> (parameter count, EM level of its tuned runs, EM level zero-shot): the larger model is better.
+SCALE_MODELS = {"scratch/llama-tiny": (204_608, 40.0, 10.0), "scratch/t5-tiny": (1_100_000, 55.0, 20.0)}
+TABLE2_VARIANTS = {name: VARIANTS[name] for name in list(VARIANTS)[:2]}
+
+
+def write_model_axis_study(uri: str, experiment: str, seeds=(1, 2)) -> dict:
+    """A sweep over model.name x definition with an untuned baseline per model, as a sweep logs it;
+    returns (model, row, seed) -> {task: (exact_match, rougeL)}."""
+    tasks = fixture_tasks(3, 2)
+    experiment_id = ensure_experiment(uri, experiment)
+    parent_id = create_run(uri, experiment_id, f"{experiment}-sweep", {"itstudy.kind": "sweep", "itstudy.config_digest": "fixture001"})
+    parent = RunLogger(uri, parent_id)
+    parent.log_params({"grid": {"model.name": list(SCALE_MODELS), "variant.definition": ["original", "simplified"]}})
+    values = {}
+    for model, (count, tuned, zero_shot) in SCALE_MODELS.items():
+        runs = [(variant, definition, "trial", tuned) for variant, (definition, _, _) in TABLE2_VARIANTS.items()]
+        runs.append(("def-original+ex-original", "original", "untuned", zero_shot))
+        for variant, definition, kind, level in runs:
+            for seed in seeds:
+                logged = {t.name: (level + seed + index, level + 10 + seed) for index, t in enumerate(tasks)}
+                tags = {"itstudy.kind": "trial" if kind == "trial" else "baseline", "itstudy.variant": variant,
+                        "itstudy.definition": definition, "itstudy.examples": "original", "itstudy.instances_per_task": 100,
+                        "itstudy.seed": seed, "itstudy.model": model, **({"itstudy.baseline": "untuned"} if kind == "untuned" else {})}
+                params = {"model": {"name": model}, "run": {"model_parameters": count}}
+                _log_child(uri, experiment_id, parent_id, f"{kind}-{model}-{variant}-s{seed}", tags, tasks, logged, params=params)
+                values[(model, "zero-shot" if kind == "untuned" else definition, seed)] = logged
+    for seed in seeds:
+        tags = {"itstudy.kind": "baseline", "itstudy.baseline": "random", "itstudy.seed": seed}
+        _log_child(uri, experiment_id, parent_id, f"baseline-random-s{seed}", tags, tasks, _baseline_values(tasks, "random", seed, np.random.default_rng(seed)))
+    parent.end("FINISHED")
+    return values
+
+
+def test_a_model_axis_gets_the_table2_layout_and_em_against_parameter_count(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    values = write_model_axis_study(uri, "backbones")
+    report = build_report("backbones", tracking_uri=uri, out_dir=tmp_path / "report")
+    table = pd.read_csv(report.parent / "table2.csv")
+    # Per model, smallest first: zero-shot, original, simplified; each one condition of its own.
+    assert list(table["model"]) == [model for model in SCALE_MODELS for _ in range(3)]
+    assert list(table["row"]) == ["zero-shot", "original", "simplified"] * 2
+    pooled = [t.name for t in fixture_tasks(3, 2) if t.pooled]
+    for row in table.itertuples():
+        for metric, index in (("exact_match", 0), ("rougeL", 1)):
+            per_seed = [np.mean([values[(row.model, row.row, seed)][task][index] for task in pooled]) for seed in (1, 2)]
+            assert getattr(row, metric) == f"{np.mean(per_seed):.1f} ± {np.std(per_seed, ddof=1):.1f}", row
+        assert (row.n_seeds, row.n_tasks, row.parameters) == (2, len(pooled), SCALE_MODELS[row.model][0])
+    html = report.read_text()
+    assert "Table 2 layout" in html and 'class="table2"' in html and "1,100,000 parameters" in html
+    # EM against parameter count: one line per definition, the untuned model as its own line, random apart.
+    scale = pd.read_csv(report.parent / "scale_table.csv")
+    em = scale[scale["metric"] == "exact_match"]
+    assert set(em["condition"]) == {*TABLE2_VARIANTS, "untuned (def-original+ex-original)", "random"}
+    untuned = em[em["condition"] == "untuned (def-original+ex-original)"].set_index("parameters")["mean"]
+    assert list(untuned.index) == [count for count, _, _ in SCALE_MODELS.values()]
+    assert untuned.iloc[1] - untuned.iloc[0] == pytest.approx(10.0)
+    assert em.loc[em["condition"] == "random", "parameters"].isna().all()
+    assert 'id="fig-scale"' in html and (report.parent / "scale_curve.png").read_bytes().startswith(b"\x89PNG")
+    # The best tuned condition (the larger model) is compared with its own model's untuned run only.
+    verdicts = pd.read_csv(report.parent / "verdicts.csv")
+    untuned = verdicts.loc[verdicts["reference"].str.startswith("untuned"), ["candidate", "reference"]]
+    assert untuned.values.tolist() == [["def-original+ex-original (model=scratch/t5-tiny)",
+                                        "untuned (def-original+ex-original, model=scratch/t5-tiny)"]]
+
+
+def test_a_study_over_sizes_without_untuned_runs_has_no_table2(fixture_report):
+    html = fixture_report.read_text()
+    assert "Table 2 layout" not in html and 'id="fig-scale"' not in html
+    assert not (fixture_report.parent / "table2.csv").exists()

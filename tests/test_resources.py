@@ -37,11 +37,11 @@ HALF_GPU = [
 ]
 
 
-def _bundles(study, kind: str) -> list[dict]:
+def _bundles(study, kind: str, index: int = 0) -> list[dict]:
     context = SweepContext(
         study=to_plain(study), tracking_uri="", experiment_id="", parent_run_id="", train_storage_path="", journal_dir=""
     )
-    point = expand_grid(study)[0].point
+    point = expand_grid(study)[index].point
     return TrialResources(context)({"trial": {"kind": kind, "point": point}}).bundles
 
 
@@ -55,6 +55,44 @@ def test_the_untuned_trial_beside_a_multi_worker_trial_takes_one_worker_share():
     study = load_study(DEMO, [*HALF_GPU, "resources.gpus_per_worker=1", "resources.workers_per_trial=2"])
     assert _bundles(study, "trial") == [{TRIAL_DRIVER: 1}]  # its TorchTrainer reserves the workers
     assert _bundles(study, "untuned") == [{"CPU": 1.0, "GPU": 1.0}]
+
+
+# A model axis where the larger model trains on two whole GPUs and the smaller one shares half a GPU.
+PER_MODEL = [
+    *HALF_GPU,
+    "grid={model.name: [scratch/t5-tiny, scratch/llama-tiny]}",
+    'resources.per_model={"scratch/llama-tiny": {workers_per_trial: 2, gpus_per_worker: 1}}',
+]
+
+
+def test_each_model_of_a_model_axis_takes_its_own_resources_untuned_baseline_included():
+    study = load_study(DEMO, PER_MODEL)
+    small, large = expand_grid(study)
+    assert (small.study.resources.workers_per_trial, small.study.resources.gpus_per_worker) == (1, 0.5)
+    assert (large.study.resources.workers_per_trial, large.study.resources.gpus_per_worker) == (2, 1.0)
+    assert large.study.resources.cpus_per_worker == 1.0 and large.study.resources.per_model == {}  # the rest kept, folded
+    assert _bundles(study, "trial", 0) == _bundles(study, "untuned", 0) == [{"CPU": 1.0, "GPU": 0.5}]
+    assert _bundles(study, "trial", 1) == [{TRIAL_DRIVER: 1}]  # its TorchTrainer reserves the two workers
+    assert _bundles(study, "untuned", 1) == [{"CPU": 1.0, "GPU": 1.0}]  # one worker's share of its model
+    # Resources do not name trials: the keys are those of the study without per_model.
+    assert [t.key for t in expand_grid(study)] == [t.key for t in expand_grid(load_study(DEMO, PER_MODEL[:-1]))]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (['resources.per_model={"scratch/t5-small": {gpus_per_worker: 1}}'],
+         r"resources.per_model.scratch/t5-small: not a value of grid.model.name \(scratch/t5-tiny, scratch/llama-tiny\)"),
+        (['resources.per_model={"scratch/llama-tiny": {gpus_per_worker: -1}}'],
+         r"resources.per_model.scratch/llama-tiny.gpus_per_worker: Input should be greater than or equal to 0"),
+        (['resources.per_model={"scratch/llama-tiny": {gpus: 1}}'], r"resources.per_model.scratch/llama-tiny.gpus: Extra inputs"),
+        (["grid={seed: [1]}"], r"resources.per_model.scratch/llama-tiny: needs model.name as a grid axis"),
+    ],
+)
+def test_per_model_resources_name_a_model_of_the_grid_with_the_fields_of_resources(overrides, message):
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_study(DEMO, [*PER_MODEL, *overrides])
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Any, Hashable, Iterable
 import yaml
 from pydantic import ValidationError
 
-from itstudy.config.spec import ConfigError, Study
+from itstudy.config.spec import ConfigError, ResourcesConfig, Study
 
 # --- the YAML dialect ---------------------------------------------------------------------------
 
@@ -134,7 +134,7 @@ def _check_grid_values(study: Study, origin: str) -> None:
     # One axis at a time: no rule of the spec ties two fields together, so the product would add nothing.
     for key, values in study.grid.items():
         for value in values:
-            tree = _apply_override(_without_grid(study), key, value, origin=f"{origin}: grid.{key}")
+            tree = _model_resources(_apply_override(_without_grid(study), key, value, origin=f"{origin}: grid.{key}"))
             try:
                 Study.model_validate(tree)
             except ValidationError as error:
@@ -145,6 +145,16 @@ def _check_grid_values(study: Study, origin: str) -> None:
 
 def _without_grid(study: Study) -> dict:
     return {**study.model_dump(), "grid": {}}
+
+
+def _model_resources(tree: dict) -> dict:
+    """A trial's plain study `tree` with its model's `resources.per_model` entry folded into resources."""
+    try:
+        resources = ResourcesConfig.model_validate(tree["resources"])
+    except ValidationError:
+        return tree  # a refused value (a grid value of resources): the study's validation names it next
+    tree["resources"] = resources.of_model(tree["model"]["name"]).model_dump()
+    return tree
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -206,6 +216,7 @@ def at_grid_point(study: Study, point: dict[str, Any]) -> Study:
     tree = _without_grid(study)
     for key, value in point.items():
         _apply_override(tree, key, value, origin=origin)
+    _model_resources(tree)
     # The debug caps again, as one can derive from a swept value (the global batch from the workers).
     return _apply_debug(study_from_dict(tree, origin=origin), keep=point)
 

@@ -282,6 +282,19 @@ class EvalConfig(Spec):
     """Which checkpoint a trial keeps as its result: dev: the best dev_exact_match (dev tasks only, never test); last: the final one."""
 
 
+class ModelResources(Spec):
+    """One model's resources over a `model.name` axis; a field left out keeps the study's value."""
+
+    workers_per_trial: int | None = Field(None, ge=1)
+    """Data-parallel workers per training run of this model."""
+    cpus_per_worker: float | None = Field(None, gt=0)
+    """CPUs per worker of this model."""
+    gpus_per_worker: float | None = Field(None, ge=0)
+    """GPUs per worker of this model (its untuned baseline takes one worker's share)."""
+
+    _floats = field_validator("cpus_per_worker", "gpus_per_worker", mode="before")(_int_is_a_float)
+
+
 class ResourcesConfig(Spec):
     """What one trial takes from the cluster."""
 
@@ -293,8 +306,15 @@ class ResourcesConfig(Spec):
     """GPUs per worker; a fraction lets several small trials share one GPU."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """Cap on trials in flight; default: what the cluster's resources allow."""
+    per_model: dict[str, ModelResources] = {}
+    """Model name (a value of grid.model.name) -> its workers and CPUs/GPUs per worker, e.g. a 7B model on 8 GPUs, t5-small on 1."""
 
     _floats = field_validator("cpus_per_worker", "gpus_per_worker", mode="before")(_int_is_a_float)
+
+    def of_model(self, name: str) -> "ResourcesConfig":
+        """The resources of a trial of model `name`: its per_model entry over these, per_model emptied."""
+        chosen = self.per_model[name].model_dump(exclude_none=True) if name in self.per_model else {}
+        return self.model_copy(update={**chosen, "per_model": {}})
 
 
 class SearchConfig(Spec):
@@ -379,6 +399,17 @@ class Study(Spec):
     def _lora_is_not_sharded(self) -> "Study":
         if self.model.lora is not None and self.train.strategy == "fsdp":
             raise ValueError("model.lora with train.strategy 'fsdp' is not supported; LoRA trains few weights: use 'ddp'")
+        return self
+
+    @model_validator(mode="after")
+    def _per_model_names_the_grid(self) -> "Study":
+        # A trial's study has it folded in (at_grid_point): only a study with a model axis has any left.
+        models = self.grid.get("model.name")
+        for name in self.resources.per_model:
+            if models is None:
+                raise ValueError(f"resources.per_model.{name}: needs model.name as a grid axis; set resources directly")
+            if name not in models:
+                raise ValueError(f"resources.per_model.{name}: not a value of grid.model.name ({', '.join(map(str, models))})")
         return self
 
     @field_validator("grid")

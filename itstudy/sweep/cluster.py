@@ -1,5 +1,7 @@
 """The Ray side of a sweep: the Ray session, the tracking URI its workers reach, and per-trial resources.
 
+Each trial's resources are its model's (`resources.per_model`, folded into the trial's study when
+the grid is expanded, so this request, the TorchTrainer's workers and the capacity checks agree).
 A single-worker trial, and every untuned baseline, takes cpus/gpus_per_worker (a fraction of a
 GPU lets small trials share one) and runs in the Tune trial itself. A multi-worker trial's driver takes
 one unit of the custom `trial_driver` resource instead of a CPU (a Tune driver otherwise holds a
@@ -136,7 +138,8 @@ def trial_bundles(resources: ResourcesConfig, kind: str) -> list[dict[str, float
 
     A multi-worker training trial's driver takes a `trial_driver` unit (its TorchTrainer reserves
     the workers); every other trial, untuned baselines included, is one worker with the trial's
-    CPUs and accelerator share, so that fractional GPUs pack several trials onto one GPU.
+    CPUs and accelerator share (over a model axis, its model's), so that fractional GPUs pack
+    several trials onto one GPU.
     """
     if resources.workers_per_trial > 1 and kind == "trial":
         return [{TRIAL_DRIVER: 1}]

@@ -205,7 +205,7 @@ def _run_untuned(trial: Trial, logger: RunLogger) -> tuple[dict[str, float], dic
     test prompts; (its metrics, timing)."""
     from itstudy.metrics import aggregate, score_predictions, task_rows
     from itstudy.training.evaluate import dev_metrics, evaluation_predictions
-    from itstudy.training.models import build_model, compute_dtype
+    from itstudy.training.models import build_model, compute_dtype, parameter_counts
     from itstudy.training.prepare import prepare_run
     from itstudy.training.reporter import TuneReporter
 
@@ -219,6 +219,8 @@ def _run_untuned(trial: Trial, logger: RunLogger) -> tuple[dict[str, float], dic
     predictions = evaluation_predictions(model, tokenizer, data.test, study, dtype=dtype)
     logger.log_config(study)
     logger.log_environment()
+    # as a training run logs it, so the report can place the untuned model on the parameter axis
+    logger.log_params({"run": {"model_parameters": parameter_counts(model)["total"]}})
     scored = score_predictions(predictions)
     logger.log_prompts(data.sample_prompts)
     metrics = {**aggregate(scored), **dev_metrics(model, tokenizer, data.dev, study, dtype=dtype)}
