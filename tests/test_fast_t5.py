@@ -6,6 +6,8 @@ decoding (which evaluation uses). A few seconds in all."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
@@ -129,3 +131,30 @@ def test_the_fast_implementation_runs_t5_only(tmp_path):
     with pytest.raises(ModelSpecError, match="is a llama model; implementation 'fast' runs T5 only"):
         check_implementation(str(tmp_path / "llama"), "fast")
     check_implementation(str(tmp_path / "llama"), "hf")
+
+
+def test_bench_eval_compares_fast_generation_with_hugging_face_on_the_same_prompts(tmp_path, capsys):
+    from itstudy.training.bench import bench_command
+
+    report = bench_command(["eval", "--shape", "scratch/t5-tiny", "--prompts", "6", "--batch", "4", "--max-source", "48",
+                            "--max-new-tokens", "5", "--threads", "1", "--repeats", "1", "--out", str(tmp_path / "eval.json")])
+    assert report["identical_rows_per_round"] == [1.0]  # fp32: the same tokens, row for row
+    assert all(rounds[0] > 0 for rounds in report["all_rounds_tokens_per_s"].values())
+    assert "fast / HF:" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["setup"]["prompts"] == 6
+
+
+def test_generated_tokens_stop_counting_at_eos():
+    from itstudy.training.bench_eval import generated_tokens
+
+    # start token, then: three tokens and </s>; </s> at once, padding after; no </s> within the limit
+    output = torch.tensor([[0, 5, 6, 7, 1], [0, 1, 0, 0, 0], [0, 9, 9, 9, 9]])
+    assert generated_tokens(output) == 4 + 1 + 4
+
+
+def test_bench_train_refuses_the_fast_t5_for_a_decoder_only_shape():
+    from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
+
+    assert parse_bench_args(["train", "--shape", "scratch/t5-tiny", "--implementation", "fast"]).implementation == "fast"
+    with pytest.raises(BenchArgumentError, match="the fast T5 cannot run the decoder-only scratch/llama-tiny"):
+        parse_bench_args(["train", "--shape", "scratch/llama-tiny", "--implementation", "fast"])
