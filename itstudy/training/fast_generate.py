@@ -4,9 +4,10 @@ The encoder runs once; each decoder layer's cross-attention keys and values are 
 from its output; self-attention keys and values are written into a cache preallocated for
 `max_new_tokens` positions, so step t computes one query row against t + 1 cached keys. The
 decoder's relative position bias (causal mask included) is computed once for all steps and
-sliced per step. A batch stops when every row has emitted </s>; rows that finished earlier get
-pad tokens, as Hugging Face's `generate` does, so the output is the same tensor: the start token,
-then one token per step.
+sliced per step. A row that emits </s> leaves the batch (its caches are dropped, so the
+remaining rows' steps cost less), and the batch stops when every row has; the finished rows are
+padded, as Hugging Face's `generate` does, so the output is the same tensor: the start token, then
+one token per step.
 """
 
 from __future__ import annotations
@@ -24,21 +25,28 @@ def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     source_mask = attention_mask.bool()[:, None, None, :]
     bias = decoder.self_bias(max_new_tokens, max_new_tokens)
     caches: list[tuple[torch.Tensor, torch.Tensor]] = []
-    tokens = torch.full((input_ids.shape[0], 1), start_id, dtype=torch.long, device=input_ids.device)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    tokens = torch.full((input_ids.shape[0], 1 + max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
+    tokens[:, 0] = start_id
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # the rows still decoding, in cache order
+    last = tokens[:, :1]
     for step in range(max_new_tokens):
-        x = decoder.embed_tokens(tokens[:, -1:])
+        x = decoder.embed_tokens(last)
         for index, block in enumerate(decoder.block):
             mask = bias[None, :, step : step + 1, : step + 1]
             x = _self_attention_step(block.layer[0], x, caches, index, step, max_new_tokens, mask)
             x = _cross_attention_step(block.layer[1], x, cross[index], source_mask)
             x = block.layer[-1](x)
         following = model.logits(decoder.final_layer_norm(x))[:, -1].argmax(-1)
-        following = following.masked_fill(finished, pad_id)
-        tokens = torch.cat([tokens, following[:, None]], dim=1)
-        finished |= following == eos_id
-        if bool(finished.all()):  # one host sync per step: the price of stopping early
-            break
+        tokens[rows, step + 1] = following
+        going = following != eos_id
+        remaining = int(going.sum())  # one host sync per step: the price of stopping early
+        if remaining == 0:
+            return tokens[:, : step + 2]
+        if remaining < len(rows):  # finished rows leave the batch: later steps compute only the others
+            rows, following, source_mask = rows[going], following[going], source_mask[going]
+            caches[:] = [(keys[going], values[going]) for keys, values in caches]
+            cross = [(keys[going], values[going]) for keys, values in cross]
+        last = following[:, None]
     return tokens
 
 
