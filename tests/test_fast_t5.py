@@ -158,3 +158,11 @@ def test_bench_train_refuses_the_fast_t5_for_a_decoder_only_shape():
     assert parse_bench_args(["train", "--shape", "scratch/t5-tiny", "--implementation", "fast"]).implementation == "fast"
     with pytest.raises(BenchArgumentError, match="the fast T5 cannot run the decoder-only scratch/llama-tiny"):
         parse_bench_args(["train", "--shape", "scratch/llama-tiny", "--implementation", "fast"])
+
+
+def test_the_gpu_check_of_the_fast_t5_passes_in_fp32_on_cpu():
+    from itstudy.training.fast_check import compare, within
+
+    report = compare("scratch/t5-tiny", 2, "fp32", max_source=64, max_target=16)
+    assert report["fast"]["relative bias gradient distance"] < 1e-6 and report["fast"]["loss_error"] < 1e-5
+    assert within(report, slack=1.5)

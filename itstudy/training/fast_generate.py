@@ -59,7 +59,7 @@ def _cross_attention_step(layer, x: torch.Tensor, keys_values: tuple, source_mas
     return x + attention.attend(attention.split(attention.q(layer.layer_norm(x))), *keys_values, source_mask)
 
 
-def _self_attention_step(layer, x: torch.Tensor, caches: list, index: int, step: int, length: int, mask: torch.Tensor) -> torch.Tensor:
+def _self_attention_step(layer, x: torch.Tensor, caches: list, index: int, step: int, length: int, mask) -> torch.Tensor:
     """One new position through a self-attention layer; its key and value go into the layer's cache."""
     attention = layer.attention
     hidden = layer.layer_norm(x)
