@@ -29,9 +29,7 @@ import torch
 from itstudy.training.bench_clock import PAD_ID, sync_device
 from itstudy.training.fast_t5 import FastT5
 from itstudy.training.models import compute_dtype, new_t5, t5_config
-from itstudy.training.prompt_lengths import LENGTHS_FILE, examples_with_prompt_lengths, load_length_profile
-
-EOS_ID = 1  # T5's </s>
+from itstudy.training.prompt_lengths import EOS_ID, LENGTHS_FILE, examples_with_prompt_lengths, load_length_profile
 
 
 def prompt_batches(args, vocab_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -30,7 +30,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.t5.modeling_t5 import T5Attention
 
-LABEL_PAD = -100  # target positions the loss ignores, as in transformers
+from itstudy.training.engine import LABEL_PAD
 
 
 class RMSNorm(nn.Module):
