@@ -1,4 +1,5 @@
-"""`itstudy bench train`: training throughput of our step against Hugging Face's Seq2SeqTrainer (`itstudy bench eval`: `bench_eval`).
+"""`itstudy bench train`: training throughput of our step against Hugging Face's Seq2SeqTrainer.
+(`itstudy bench eval`, generation speed, is `itstudy.training.bench_eval`.)
 
     itstudy bench train --shape scratch/t5-small --max-source 256 --max-target 64 --batch 8 --steps 12
     python -m itstudy.training.bench train --shape scratch/t5-large --max-source 1024 --max-target 128 --batch 16
