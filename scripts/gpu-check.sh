@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check of issue 9, for a lent H100/H200: training throughput of scratch/t5-base and
-# scratch/t5-large at source 1024 / target 128, bf16, SuperNI prompt lengths, global batch 128
+# The GPU check of issue 9, for a lent H100/H200: the fast T5 against transformers' in bf16
+# (fast-check), its generation against HF generate at t5-large (bench-eval), and training
+# throughput of scratch/t5-base (our step, HF's T5) and scratch/t5-large (our step, the fast T5)
+# at source 1024 / target 128, bf16, SuperNI prompt lengths, global batch 128
 # sequences, ours against Seq2SeqTrainer with group_by_length, median of 3 alternating rounds.
 #
 #   scripts/gpu-check.sh                      # from the repository root; results in $OUT or ./gpu-check-out
@@ -21,12 +23,16 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_
 mkdir -p "$OUT"
 
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
-    # shape batch accumulation steps timeout_s
-    RUNS=("scratch/t5-tiny 2 2 2 120")
+    # shape batch accumulation steps timeout_s implementation (of our side: hf, or the fast T5)
+    RUNS=("scratch/t5-tiny 2 2 2 120 fast")
     COMMON=(--threads 1 --repeats "${REPEATS:-2}")
+    CHECK=(--shape scratch/t5-tiny --batch 2 --max-source 128 --max-target 32 --precision fp32)
+    EVAL=(--shape scratch/t5-tiny --prompts 8 --batch 4 --max-source 128 --max-new-tokens 8 --threads 1 --repeats 2)
 else
-    RUNS=("scratch/t5-base 32 4 4 140" "scratch/t5-large 8 16 3 250")
+    RUNS=("scratch/t5-base 32 4 4 100 hf" "scratch/t5-large 8 16 3 180 fast")
     COMMON=(--precision bf16 --repeats "${REPEATS:-3}")
+    CHECK=(--shape scratch/t5-large --batch 4 --precision bf16)
+    EVAL=(--shape scratch/t5-large --prompts 64 --batch 32 --max-new-tokens 32 --precision bf16 --repeats 3)
 fi
 
 step() {  # step NAME TIMEOUT_S COMMAND...: run it under a timeout, its output in $OUT/NAME.log
@@ -49,10 +55,15 @@ cp "$OUT/versions.log" "$OUT/versions.txt"
 HF=(--hf-group-by-length --no-hf-defaults)
 grep -q "accelerate absent" "$OUT/versions.txt" && HF=(--no-hf)
 
+# The fast T5 against transformers' (eager) in bf16: loss and gradients, the relative bias's included.
+step fast-check 70 "$PYTHON" -m itstudy.training.fast_check "${CHECK[@]}"
+# Greedy generation: the fast T5's KV-cached decoding against HF generate, same model and prompts.
+step bench-eval 60 "$PYTHON" -m itstudy.training.bench eval "${EVAL[@]}" --out "$OUT/bench-eval.json"
 for run in "${RUNS[@]}"; do
-    read -r shape batch accumulation steps limit <<<"$run"
-    name="bench-${shape#scratch/}"
+    read -r shape batch accumulation steps limit implementation <<<"$run"
+    name="bench-${shape#scratch/}-$implementation"
     step "$name" "$limit" "$PYTHON" -m itstudy.training.bench train --shape "$shape" --max-source 1024 --max-target 128 \
-        --batch "$batch" --accumulation "$accumulation" --steps "$steps" "${COMMON[@]}" "${HF[@]}" --out "$OUT/$name.json"
+        --batch "$batch" --accumulation "$accumulation" --steps "$steps" --implementation "$implementation" \
+        "${COMMON[@]}" "${HF[@]}" --out "$OUT/$name.json"
 done
 echo "total: $SECONDS s" | tee -a "$OUT/summary.txt"

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from itstudy.errors import UserError
+from itstudy.training.shapes import CAUSAL_SHAPES
 
 # The SuperNI commit that on-demand downloads read; every run logs it.
 SUPERNI_COMMIT = "ae457ac40dafe0cd3dcd1370f0a29da54f33df4a"
@@ -198,6 +199,8 @@ class ModelConfig(Spec):
     """Vocabulary size when tokenizer is 'bpe'."""
     lora: LoraConfig | None = None
     """Train LoRA adapters instead of every weight; null (default): full fine-tuning."""
+    implementation: Literal["hf", "fast"] = "hf"
+    """hf: transformers' T5 (the reference); fast: itstudy's compact T5 with the same weights and KV-cached greedy decoding (T5 only)."""
 
     @model_validator(mode="after")
     def _refuse_fp16(self) -> "ModelConfig":
@@ -206,6 +209,13 @@ class ModelConfig(Spec):
                 "precision 'fp16' is refused for T5: T5 was trained in bf16 and overflows to NaN in fp16 "
                 "(transformers#4938); use 'bf16' on GPU or 'fp32'"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _fast_is_t5(self) -> "ModelConfig":
+        if self.implementation == "fast" and (self.name in CAUSAL_SHAPES or self.lora is not None):
+            what = "LoRA adapters" if self.lora is not None else f"the decoder-only {self.name!r}"
+            raise ValueError(f"implementation 'fast' is a full-weight T5 and cannot run {what}; use implementation 'hf'")
         return self
 
 
@@ -399,6 +409,8 @@ class Study(Spec):
     def _lora_is_not_sharded(self) -> "Study":
         if self.model.lora is not None and self.train.strategy == "fsdp":
             raise ValueError("model.lora with train.strategy 'fsdp' is not supported; LoRA trains few weights: use 'ddp'")
+        if self.model.implementation == "fast" and self.train.strategy == "fsdp":
+            raise ValueError("model.implementation 'fast' with train.strategy 'fsdp' is not supported; use 'ddp'")
         return self
 
     @model_validator(mode="after")

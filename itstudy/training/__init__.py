@@ -8,6 +8,8 @@
 - `loop`      the per-worker training loop (`run_worker`), the same under every driver
 - `runner`    the Ray Train `TorchTrainer` run and the `itstudy train` command
 - `bench`     throughput against Hugging Face's Seq2SeqTrainer (runs with torch + transformers alone)
+- `fast_t5`   `model.implementation: fast`: a compact T5 with HF's weight layout; `fast_generate` its KV-cached greedy decoding
+- `bench_eval` fast T5 generation against HF `generate`; `fast_check` the fast T5 against HF at a real shape (GPU check)
 - `prompt_lengths` the SuperNI prompt lengths the benchmark's examples take, and how they are measured
 
 Nothing is imported here, so `python -m itstudy.training.bench` needs neither Ray nor MLflow.

@@ -1,4 +1,5 @@
 """`itstudy bench train`: training throughput of our step against Hugging Face's Seq2SeqTrainer.
+(`itstudy bench eval`, generation speed, is `itstudy.training.bench_eval`.)
 
     itstudy bench train --shape scratch/t5-small --max-source 256 --max-target 64 --batch 8 --steps 12
     python -m itstudy.training.bench train --shape scratch/t5-large --max-source 1024 --max-target 128 --batch 16
@@ -53,6 +54,7 @@ import transformers
 
 from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
 from itstudy.training.bench_clock import PAD_ID, Measurement, StepClock, cpu_peak_flops, peak_memory_gb, reset_peak_memory, warm_up
+from itstudy.training.bench_eval import bench_eval, print_eval_report
 from itstudy.training.engine import (
     CausalExample,
     StepPlan,
@@ -61,6 +63,7 @@ from itstudy.training.engine import (
     make_scheduler,
     train_step,
 )
+from itstudy.training.fast_t5 import FastT5
 from itstudy.training.flops import FlopModel, flop_model
 from itstudy.training.models import (
     CAUSAL_SHAPES,
@@ -167,7 +170,9 @@ def bench_train(args) -> dict:
     with torch.device("meta"):  # the shape without its memory: parameter and FLOP counts
         skeleton = new_model(config, args.seed)
     counts, flops = parameter_counts(skeleton), flop_model(skeleton)
-    sides = [("ours (itstudy engine)", run_ours, {})]
+    ours = "ours (itstudy engine, fast T5)" if args.implementation == "fast" else "ours (itstudy engine)"
+    builders = {ours: _fast_t5 if args.implementation == "fast" else new_model}  # Seq2SeqTrainer always gets HF's T5
+    sides = [(ours, run_ours, {})]
     if not args.no_hf:
         if not args.no_hf_defaults:
             sides.append(("Seq2SeqTrainer (defaults)", run_hugging_face, {"group_by_length": False}))
@@ -181,7 +186,8 @@ def bench_train(args) -> dict:
     for _ in range(args.repeats):
         for name, run, options in sides:
             if name not in does_not_fit:
-                measured = _measure_side(name, run, options, new_model, config, examples, args, device, dtype, (flops, peak))
+                build = builders.get(name, new_model)
+                measured = _measure_side(name, run, options, build, config, examples, args, device, dtype, (flops, peak))
                 if isinstance(measured, Measurement):
                     rounds[name].append(measured)
                 else:
@@ -191,6 +197,11 @@ def bench_train(args) -> dict:
         if args.out:  # after every round: a run stopped by a time limit keeps the rounds it finished
             Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _fast_t5(config, seed: int) -> FastT5:
+    """The fast T5 with exactly the weights `new_t5` draws for `seed`."""
+    return FastT5.from_hf(new_t5(config, seed))
 
 
 def _setup(args, device, dtype, parameters: int, peak: float, flops: FlopModel) -> dict:
@@ -294,10 +305,14 @@ def bench_command(argv: list[str]) -> dict | None:
 
 
 def run_bench(args) -> dict | None:
-    """Run what `parse_bench_args` returned and print it; returns the train report."""
+    """Run what `parse_bench_args` returned and print it; returns the train or eval report."""
     if args.what == "profile":
         write_length_profile(Path(args.out or LENGTHS_FILE), args.max_source, args.max_target)
         return None
+    if args.what == "eval":
+        report = bench_eval(args)
+        print_eval_report(report)
+        return report
     report = bench_train(args)
     print_report(report)
     return report

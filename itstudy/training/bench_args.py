@@ -10,7 +10,7 @@ from pathlib import Path
 from itstudy.errors import UserError
 from itstudy.training.shapes import CAUSAL_SHAPES, NAMED_SHAPES
 
-POSITIVE = ("max_source", "max_target", "batch", "accumulation", "steps", "threads", "repeats")
+POSITIVE = ("max_source", "max_target", "batch", "accumulation", "steps", "threads", "repeats", "prompts", "max_new_tokens")
 """Arguments that count something: each must be a whole number of at least 1."""
 
 
@@ -37,7 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hf-group-by-length", action="store_true", help="also run Seq2SeqTrainer with group_by_length")
     train.add_argument("--no-hf-defaults", action="store_true",
                        help="skip Seq2SeqTrainer at its defaults (with --hf-group-by-length: ours against group_by_length only)")
+    train.add_argument("--implementation", choices=["hf", "fast"], default="hf",
+                       help="our side's T5: transformers' (hf, default) or itstudy's fast T5 (T5 shapes only)")
     train.add_argument("--out", help="write the results as JSON here")
+    evaluate = commands.add_parser("eval", help="greedy generation: the fast T5's KV-cached decoding vs HF generate")
+    evaluate.add_argument("--shape", choices=list(NAMED_SHAPES), default="scratch/t5-small")
+    evaluate.add_argument("--prompts", type=int, default=64, help="prompts with SuperNI lengths (default 64)")
+    evaluate.add_argument("--max-source", type=int, default=1024, help="source tokens kept (default 1024)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated at most (eval.max_new_tokens: 32)")
+    evaluate.add_argument("--batch", type=int, default=32, help="prompts per generate call, length-sorted (eval.batch_size: 32)")
+    evaluate.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    evaluate.add_argument("--repeats", type=int, default=3, help="alternate the sides this many rounds; report medians (default 3)")
+    evaluate.add_argument("--lengths", help="length profile JSON (default: the SuperNI profile shipped with itstudy)")
+    evaluate.add_argument("--out", help="write the results as JSON here")
     profile = commands.add_parser("profile", help="measure SuperNI prompt lengths into the profile file")
     profile.add_argument("--max-source", type=int, default=1024)
     profile.add_argument("--max-target", type=int, default=128)
@@ -52,6 +66,8 @@ def parse_bench_args(argv: list[str]) -> argparse.Namespace:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise BenchArgumentError(f"bench {args.what} --{name.replace('_', '-')} {value}: expected a whole number of at least 1")
+    if getattr(args, "implementation", "hf") == "fast" and args.shape in CAUSAL_SHAPES:
+        raise BenchArgumentError(f"bench train --implementation fast: the fast T5 cannot run the decoder-only {args.shape}")
     if getattr(args, "lengths", None):
         _check_profile(Path(args.lengths))
     if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():

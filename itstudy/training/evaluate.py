@@ -6,6 +6,8 @@ decoded greedily (one beam, no sampling) until every sequence has produced </s> 
 predictions gathered on every rank, so evaluating costs 1/world_size of the time. Each rank
 generates with a plain model holding all weights (under DDP the unwrapped model; under FSDP a
 copy gathered by `itstudy.training.sharding.gathered`), so no rank waits on another inside `generate`.
+A `FastT5` (`model.implementation: fast`) answers `generate` with its own KV-cached greedy loop
+(`itstudy.training.fast_generate`): the same tokens, finished rows leaving the batch.
 
 A decoder-only model continues its prompt: prompts are padded on the left, so every row's
 answer starts at the same column, and decoded with the KV cache (`generate`'s default); only the

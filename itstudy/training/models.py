@@ -52,6 +52,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from itstudy.errors import UserError
 from itstudy.paths import T5_TOKENIZER_ENV
+from itstudy.training.fast_t5 import FastT5
 from itstudy.training.shapes import CAUSAL_SHAPES, NAMED_SHAPES
 
 # Every T5 / v1.1 / lm-adapt checkpoint uses this one SentencePiece vocabulary.
@@ -223,13 +224,25 @@ def load_model(folder: str | Path) -> PreTrainedModel:
     return _auto_class(is_causal(str(folder))).from_pretrained(str(folder))
 
 
-def model_for_run(spec, tokenizer: PreTrainedTokenizerBase, seed: int, checkpoint: Path | None) -> PreTrainedModel:
-    """The model a run trains: built (`spec.name`, with `spec.lora` adapters if set), or restored from `checkpoint`.
+def model_for_run(spec, tokenizer: PreTrainedTokenizerBase, seed: int, checkpoint: Path | None) -> PreTrainedModel | FastT5:
+    """The model a run trains: built (`spec.name`, with `spec.lora` adapters if set), or restored from `checkpoint`,
+    as a `FastT5` holding the same weights under `spec.implementation` 'fast' (checkpoints stay in HF's layout).
 
     `spec` is the study's model section. A LoRA checkpoint holds only the adapters
     (`adapter_config.json`): the base model is built again (seeded, or from the hub) and the
     saved adapters are loaded onto it, trainable.
     """
+    model = _hf_model_for_run(spec, tokenizer, seed, checkpoint)
+    return FastT5.from_hf(model) if spec.implementation == "fast" else model
+
+
+def check_implementation(name: str, implementation: str) -> None:
+    """The fast implementation is a T5: refuse a hub id or folder of another architecture (reads only its config)."""
+    if implementation == "fast" and not is_named_shape(name) and (model_type := _read_config(name).model_type) != "t5":
+        raise ModelSpecError(f"model {name!r} is a {model_type} model; implementation 'fast' runs T5 only (use 'hf')")
+
+
+def _hf_model_for_run(spec, tokenizer: PreTrainedTokenizerBase, seed: int, checkpoint: Path | None) -> PreTrainedModel:
     if checkpoint is not None and not (checkpoint / ADAPTER_CONFIG).is_file():
         return load_model(checkpoint)
     model = build_model(spec.name, tokenizer, seed)

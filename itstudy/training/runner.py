@@ -57,6 +57,7 @@ from itstudy.training.engine import batches_per_epoch
 from itstudy.training.loop import WorkerJob, run_worker
 from itstudy.training.models import (
     ModelSpecError,
+    check_implementation,
     check_model_available,
     is_named_shape,
     load_tokenizer,
@@ -87,6 +88,7 @@ def check_run(study: Study, world_size: int) -> None:
     gradient_accumulation(study.train, world_size)  # raises ConfigError when the global batch does not divide
     try:
         check_model_available(study.model.name)
+        check_implementation(study.model.name, study.model.implementation)
     except ModelSpecError as error:
         raise ConfigError(f"model.name: {error}") from None
     if study.model.tokenizer == "bpe" and not is_named_shape(study.model.name):
