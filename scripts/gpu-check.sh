@@ -12,7 +12,9 @@
 # budget: all steps together stay under 8 minutes. The bench writes its JSON after every round, so
 # a step stopped by its timeout keeps the rounds it finished. Global batch = --batch x --accumulation:
 # the micro-batches are what fitted on an H200 at main 63dcefe (t5-base 32 took 77 GB; t5-large 32
-# did not fit in 139 GB); a side that does not fit is reported as such by the bench.
+# did not fit in 139 GB); a side that does not fit is reported as such by the bench. t5-large runs
+# ours with a token budget (--max-tokens: micro-batches of at most that many padded tokens, lengths
+# bucketed, the global batch still 128 sequences): 9216 = 8 rows of 1024 + 128, what fitted as batch 8.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu-check-out}"
@@ -21,11 +23,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_
 mkdir -p "$OUT"
 
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
-    # shape batch accumulation steps timeout_s
-    RUNS=("scratch/t5-tiny 2 2 2 120")
+    # shape batch accumulation steps timeout_s max_tokens (0: fixed micro-batches of `batch` sequences)
+    RUNS=("scratch/t5-tiny 2 2 2 120 0" "scratch/t5-tiny 2 2 2 120 2304")
     COMMON=(--threads 1 --repeats "${REPEATS:-2}")
 else
-    RUNS=("scratch/t5-base 32 4 4 140" "scratch/t5-large 8 16 3 250")
+    RUNS=("scratch/t5-base 32 4 4 140 0" "scratch/t5-large 8 16 3 250 9216")
     COMMON=(--precision bf16 --repeats "${REPEATS:-3}")
 fi
 
@@ -50,9 +52,10 @@ HF=(--hf-group-by-length --no-hf-defaults)
 grep -q "accelerate absent" "$OUT/versions.txt" && HF=(--no-hf)
 
 for run in "${RUNS[@]}"; do
-    read -r shape batch accumulation steps limit <<<"$run"
-    name="bench-${shape#scratch/}"
+    read -r shape batch accumulation steps limit max_tokens <<<"$run"
+    name="bench-${shape#scratch/}" budget=()
+    [ "$max_tokens" != 0 ] && name="$name-tokens$max_tokens" budget=(--max-tokens "$max_tokens")
     step "$name" "$limit" "$PYTHON" -m itstudy.training.bench train --shape "$shape" --max-source 1024 --max-target 128 \
-        --batch "$batch" --accumulation "$accumulation" --steps "$steps" "${COMMON[@]}" "${HF[@]}" --out "$OUT/$name.json"
+        --batch "$batch" --accumulation "$accumulation" --steps "$steps" "${budget[@]}" "${COMMON[@]}" "${HF[@]}" --out "$OUT/$name.json"
 done
 echo "total: $SECONDS s" | tee -a "$OUT/summary.txt"

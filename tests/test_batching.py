@@ -12,7 +12,7 @@ import torch
 from itstudy.config import ConfigError, gradient_accumulation
 from itstudy.config.spec import TrainConfig
 from itstudy.training.batching import LengthBuckets, TokenBudget, length_buckets, padded_length
-from itstudy.training.engine import CausalExample, Seq2SeqExample, StepPlan, collate, train_step
+from itstudy.training.engine import CausalExample, Seq2SeqExample, StepPlan, collate, token_budget, train_step
 from itstudy.training.models import new_t5, t5_config
 from itstudy.training.prompt_lengths import examples_with_prompt_lengths, load_length_profile
 
@@ -23,11 +23,6 @@ MAX_SOURCE, MAX_TARGET = 1024, 128
 def superni_examples():
     """400 examples with the (source, target) lengths of real SuperNI prompts, random token ids."""
     return examples_with_prompt_lengths(load_length_profile(), 400, MAX_SOURCE, MAX_TARGET, 64, seed=0)
-
-
-def _budget(examples, max_tokens, causal=False):
-    sources, targets = [len(e.input_ids) for e in examples], [len(e.labels) for e in examples]
-    return TokenBudget(max_tokens, sources, targets, MAX_SOURCE, MAX_TARGET, causal)
 
 
 def test_length_buckets_are_a_few_fixed_multiples_of_8():
@@ -43,7 +38,7 @@ def test_length_buckets_are_a_few_fixed_multiples_of_8():
 @pytest.mark.parametrize("world_size", [1, 2, 4])
 def test_every_micro_batch_keeps_the_budget_and_together_they_are_the_global_batch(superni_examples, world_size):
     lengths = [len(e.input_ids) + len(e.labels) for e in superni_examples]
-    budget = _budget(superni_examples, 4096)
+    budget = token_budget(superni_examples, 4096, MAX_SOURCE, MAX_TARGET)
     fixed, bounded = StepPlan(lengths, 32, seed=3), StepPlan(lengths, 32, seed=3, budget=budget)
     counts = set()
     for step in range(fixed.per_epoch * 2):  # two epochs: the global batches are those of fixed micro-batches
@@ -65,7 +60,7 @@ def test_every_micro_batch_keeps_the_budget_and_together_they_are_the_global_bat
 
 def test_short_rows_go_many_to_a_pass_and_padding_stays_low(superni_examples):
     lengths = [len(e.input_ids) + len(e.labels) for e in superni_examples]
-    plan = StepPlan(lengths, 64, seed=0, budget=_budget(superni_examples, 8192))
+    plan = StepPlan(lengths, 64, seed=0, budget=token_budget(superni_examples, 8192, MAX_SOURCE, MAX_TARGET))
     chunks = [chunk for step in range(plan.per_epoch) for chunk in plan.micro_batches(step, 0, 1, None)]
     batches = [collate([superni_examples[i] for i in chunk], 0, plan.buckets) for chunk in chunks]
     real = sum(int(b["attention_mask"].sum() + (b["labels"] != -100).sum()) for b in batches)

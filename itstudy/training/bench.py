@@ -54,7 +54,6 @@ import torch
 import transformers
 
 from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
-from itstudy.training.batching import TokenBudget
 from itstudy.training.bench_clock import (
     PAD_ID,
     Measurement,
@@ -72,6 +71,7 @@ from itstudy.training.engine import (
     collate,
     make_optimizer,
     make_scheduler,
+    token_budget,
     train_step,
 )
 from itstudy.training.flops import FlopModel, flop_model
@@ -113,11 +113,7 @@ def run_ours(model, examples, args, device, dtype, clock: StepClock) -> None:
 
 def ours_plan(examples, args) -> StepPlan:
     """The global batches of `--batch x --accumulation` sequences, split by `--max-tokens` if given."""
-    budget = None
-    if args.max_tokens:
-        sources, targets = [len(e.input_ids) for e in examples], [len(e.labels) for e in examples]
-        causal = isinstance(examples[0], CausalExample)
-        budget = TokenBudget(args.max_tokens, sources, targets, args.max_source, args.max_target, causal)
+    budget = token_budget(examples, args.max_tokens, args.max_source, args.max_target) if args.max_tokens else None
     lengths = [len(e.input_ids) + len(e.labels) for e in examples]
     return StepPlan(lengths, args.batch * args.accumulation, args.seed, budget)
 
@@ -299,9 +295,9 @@ def _machine(device: torch.device) -> str:
 
 def print_report(report: dict) -> None:
     setup = report["setup"]
+    budget = f" (ours: <= {setup['max_tokens']} tokens per micro-batch, warmed on each bucket shape)" if setup["max_tokens"] else ""
     print(f"{setup['shape']} ({setup['parameters'] / 1e6:.1f}M params), {setup['precision']}, source<={setup['max_source']} "
-          f"target<={setup['max_target']}, batch {setup['per_device_batch']} x {setup['accumulation']} accumulation"
-          f"{'' if not setup['max_tokens'] else ' (ours: <= %d tokens per micro-batch)' % setup['max_tokens']}, "
+          f"target<={setup['max_target']}, batch {setup['per_device_batch']} x {setup['accumulation']} accumulation{budget}, "
           f"{setup['steps']} steps (one epoch, all timed, after one warm-up pass) on {report['machine']}")
     print(f"  peak for MFU: {setup['peak_flops'] / 1e12:.3g} TFLOP/s; median of {setup['repeats']} alternating rounds; "
           f"load average {setup['load_average_before_after'][0]:.1f} before, {setup['load_average_before_after'][1]:.1f} after")

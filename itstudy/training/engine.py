@@ -125,6 +125,13 @@ class StepPlan:
         return [chunks[micro * world_size + rank] for micro in range(accumulation)]
 
 
+def token_budget(examples: Sequence[Seq2SeqExample], max_tokens: int, max_source: int, max_target: int) -> TokenBudget:
+    """The budget of `max_tokens` padded tokens per micro-batch over these examples (causal or seq2seq)."""
+    sources, targets = [len(e.input_ids) for e in examples], [len(e.labels) for e in examples]
+    causal = isinstance(examples[0], CausalExample)
+    return TokenBudget(max_tokens, sources, targets, max_source, max_target, causal)
+
+
 # --- tensors ---------------------------------------------------------------------------------
 
 

@@ -61,12 +61,12 @@ from itstudy.training.checkpoints import (
 )
 from itstudy.training.batching import TokenBudget
 from itstudy.training.engine import (
-    CausalExample,
     StepPlan,
     StepResult,
     collate,
     make_optimizer,
     make_scheduler,
+    token_budget,
     total_steps,
     train_step,
 )
@@ -198,17 +198,10 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
 
 def _budget(job: WorkerJob) -> TokenBudget | None:
     """The token budget of `train.max_tokens_per_micro_batch`, or None (fixed micro-batches)."""
-    train, examples = job.study.train, job.data.train
+    train = job.study.train
     if train.max_tokens_per_micro_batch is None:
         return None
-    return TokenBudget(
-        train.max_tokens_per_micro_batch,
-        [len(e.input_ids) for e in examples],
-        [len(e.labels) for e in examples],
-        train.max_source_length,
-        train.max_target_length,
-        causal=isinstance(examples[0], CausalExample),
-    )
+    return token_budget(job.data.train, train.max_tokens_per_micro_batch, train.max_source_length, train.max_target_length)
 
 
 def _device_ids(reporter: Reporter) -> list[int] | None:
