@@ -9,8 +9,8 @@ examples, the same global batch, precision, optimiser (fused AdamW, constant lea
 gradient clipping 1.0) and number of steps, one epoch over the examples, no evaluation.
 Ours is `itstudy.training.engine` exactly as the training loop uses it: length-grouped global
 batches with dynamic padding, or with `--max-tokens N` (`train.max_tokens_per_micro_batch`)
-micro-batches of at most N padded tokens padded to length buckets (`itstudy.training.batching`). Hugging Face keeps its defaults (random batches padded to their
-longest member), except what makes it equivalent: batch, accumulation, steps, precision,
+micro-batches of at most N padded tokens padded to length buckets (`itstudy.training.batching`).
+Hugging Face keeps its defaults (random batches padded to their longest member), except what makes it equivalent: batch, accumulation, steps, precision,
 constant schedule; `--hf-group-by-length` adds a row with its `group_by_length` sampler.
 
 Timing: one untimed forward and backward on a micro-batch of the longest examples (with a token
