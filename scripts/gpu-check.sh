@@ -14,7 +14,9 @@
 # budget: all steps together stay under 8 minutes. The bench writes its JSON after every round, so
 # a step stopped by its timeout keeps the rounds it finished. Global batch = --batch x --accumulation:
 # the micro-batches are what fitted on an H200 at main 63dcefe (t5-base 32 took 77 GB; t5-large 32
-# did not fit in 139 GB); a side that does not fit is reported as such by the bench.
+# did not fit in 139 GB); a side that does not fit is reported as such by the bench. t5-large runs
+# ours with a token budget (--max-tokens: micro-batches of at most that many padded tokens, lengths
+# bucketed, the global batch still 128 sequences): 9216 = 8 rows of 1024 + 128, what fitted as batch 8.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu-check-out}"
@@ -23,13 +25,13 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_
 mkdir -p "$OUT"
 
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
-    # shape batch accumulation steps timeout_s implementation (of our side: hf, or the fast T5)
-    RUNS=("scratch/t5-tiny 2 2 2 120 fast")
+    # shape batch accumulation steps timeout_s implementation (of our side: hf, or the fast T5) max_tokens (0: fixed micro-batches of `batch` sequences)
+    RUNS=("scratch/t5-tiny 2 2 2 120 hf 0" "scratch/t5-tiny 2 2 2 120 fast 2304")
     COMMON=(--threads 1 --repeats "${REPEATS:-2}")
     CHECK=(--shape scratch/t5-tiny --batch 2 --max-source 128 --max-target 32 --precision fp32)
     EVAL=(--shape scratch/t5-tiny --prompts 8 --batch 4 --max-source 128 --max-new-tokens 8 --threads 1 --repeats 2)
 else
-    RUNS=("scratch/t5-base 32 4 4 100 hf" "scratch/t5-large 8 16 3 180 fast")
+    RUNS=("scratch/t5-base 32 4 4 100 hf 0" "scratch/t5-large 8 16 3 180 fast 9216")
     COMMON=(--precision bf16 --repeats "${REPEATS:-3}")
     CHECK=(--shape scratch/t5-large --batch 4 --precision bf16)
     EVAL=(--shape scratch/t5-large --prompts 64 --batch 32 --max-new-tokens 32 --precision bf16 --repeats 3)
@@ -60,10 +62,11 @@ step fast-check 70 "$PYTHON" -m itstudy.training.fast_check "${CHECK[@]}"
 # Greedy generation: the fast T5's KV-cached decoding against HF generate, same model and prompts.
 step bench-eval 60 "$PYTHON" -m itstudy.training.bench eval "${EVAL[@]}" --out "$OUT/bench-eval.json"
 for run in "${RUNS[@]}"; do
-    read -r shape batch accumulation steps limit implementation <<<"$run"
-    name="bench-${shape#scratch/}-$implementation"
+    read -r shape batch accumulation steps limit implementation max_tokens <<<"$run"
+    name="bench-${shape#scratch/}-$implementation" budget=()
+    [ "$max_tokens" != 0 ] && name="$name-tokens$max_tokens" budget=(--max-tokens "$max_tokens")
     step "$name" "$limit" "$PYTHON" -m itstudy.training.bench train --shape "$shape" --max-source 1024 --max-target 128 \
         --batch "$batch" --accumulation "$accumulation" --steps "$steps" --implementation "$implementation" \
-        "${COMMON[@]}" "${HF[@]}" --out "$OUT/$name.json"
+        "${budget[@]}" "${COMMON[@]}" "${HF[@]}" --out "$OUT/$name.json"
 done
 echo "total: $SECONDS s" | tee -a "$OUT/summary.txt"

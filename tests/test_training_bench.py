@@ -15,8 +15,9 @@ import importlib.util
 import pytest
 import torch
 
-from itstudy.training import bench
+from itstudy.training import bench, bench_clock
 from itstudy.training.bench import bench_command
+from itstudy.training.engine import train_step
 from itstudy.training.prompt_lengths import load_length_profile
 
 
@@ -34,6 +35,31 @@ def test_both_sides_train_one_epoch_over_the_same_tokens(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "ratio ours / Seq2SeqTrainer (defaults)" in printed and "peak for MFU" in printed
     assert json.loads((tmp_path / "bench.json").read_text())["setup"]["shape"] == "scratch/t5-tiny"
+
+
+def test_with_a_token_budget_ours_warms_every_bucket_shape_it_then_trains_on(monkeypatch, tmp_path, capsys):
+    warmed, trained = {}, []
+
+    def recording_warm_up(model, batches, device, dtype):
+        warmed.update({(b["input_ids"].shape[1], b["labels"].shape[1]): len(b["input_ids"]) for b in batches})
+        return bench_clock.warm_up(model, batches, device, dtype)
+
+    def recording_step(model, micro_batches, *args, **kwargs):
+        trained.extend((len(b["input_ids"]), b["input_ids"].shape[1], b["labels"].shape[1]) for b in micro_batches)
+        return train_step(model, micro_batches, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "warm_up", recording_warm_up)
+    monkeypatch.setattr(bench, "train_step", recording_step)
+    report = bench_command(
+        ["train", "--shape", "scratch/t5-tiny", "--batch", "8", "--steps", "2", "--max-source", "256", "--max-target", "32",
+         "--max-tokens", "640", "--threads", "1", "--repeats", "1", "--no-hf"]
+    )
+    (ours,) = report["results"]
+    assert ours["name"] == "ours (<= 640 tokens, bucketed)" and ours["forward_passes"] == len(trained) > 2
+    assert ours["samples_per_s"] * ours["seconds"] == pytest.approx(16)  # the global batch is still 8 sequences
+    assert all(rows * (source + target) <= 640 for rows, source, target in trained)
+    assert all(rows <= warmed[(source, target)] for rows, source, target in trained)  # every shape warmed, at its most rows
+    assert report["setup"]["max_tokens"] == 640 and "passes" in capsys.readouterr().out
 
 
 def test_the_length_profile_holds_real_prompt_lengths_per_task():
@@ -90,6 +116,8 @@ def test_a_side_that_runs_out_of_memory_is_reported_and_the_others_go_on(monkeyp
     [
         (["--batch", "0"], "itstudy: bench train --batch 0: expected a whole number of at least 1"),
         (["--steps", "-3"], "itstudy: bench train --steps -3: expected a whole number of at least 1"),
+        (["--max-tokens", "1000"],
+         "itstudy: bench train --max-tokens 1000: cannot hold one row of --max-source + --max-target = 1152 tokens; use at least that"),
         (["--lengths", "missing.json"], "itstudy: bench train --lengths missing.json: cannot read it (No such file or directory)"),
     ],
 )

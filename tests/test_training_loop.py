@@ -192,20 +192,37 @@ def test_a_plain_run_learns_and_writes_self_describing_checkpoints(prepared, tmp
     assert load_model(checkpoint / "model").num_parameters() > 0
 
 
-def test_resume_after_a_failure_replays_the_uninterrupted_run(prepared, tmp_path):
+class CurveReporter(PlainReporter):
+    """A plain reporter that keeps the training loss the loop logs every `train.log_every_steps`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.curve: dict[int, float] = {}
+
+    def log_metrics(self, metrics, step: int) -> None:
+        if "train_loss" in metrics:
+            self.curve[step] = metrics["train_loss"]
+
+
+@pytest.mark.parametrize("max_tokens", [None, 600], ids=["fixed-micro-batches", "token-budget"])
+def test_resume_after_a_failure_replays_the_uninterrupted_run(prepared, tmp_path, max_tokens):
     study, tokenizer, data = prepared
-    uninterrupted = run_worker(WorkerJob(study, data, tokenizer), PlainReporter(tmp_path / "a"))
+    study = study.model_copy(update={"train": study.train.model_copy(update={"max_tokens_per_micro_batch": max_tokens})})
+    straight = CurveReporter(tmp_path / "a")
+    uninterrupted = run_worker(WorkerJob(study, data, tokenizer), straight)
 
     failing = study.model_copy(update={"train": study.train.model_copy(update={"fail_at_step": 30})})
-    first_attempt = PlainReporter(tmp_path / "b")
+    first_attempt = CurveReporter(tmp_path / "b")
     with pytest.raises(InjectedFault):
         run_worker(WorkerJob(failing, data, tokenizer), first_attempt)
-    second_attempt = PlainReporter(tmp_path / "b")
+    second_attempt = CurveReporter(tmp_path / "b")
     resumed = run_worker(WorkerJob(failing, data, tokenizer), second_attempt)
 
     assert [r["step"] for r in first_attempt.history] == [20]
     assert [r["step"] for r in second_attempt.history] == [40]  # resumed at 20: only the remaining steps ran
     assert without_timing(resumed) == without_timing(uninterrupted)  # loss and every metric, exactly
+    resumed_curve = {step: loss for step, loss in first_attempt.curve.items() if step <= 20} | second_attempt.curve
+    assert resumed_curve == straight.curve and len(straight.curve) == 8  # the training loss every 5 steps, exactly
 
     finished_again = PlainReporter(tmp_path / "b")  # a finished run trains nothing and reports its result
     assert without_timing(run_worker(WorkerJob(failing, data, tokenizer), finished_again)) == without_timing(resumed)

@@ -225,7 +225,9 @@ class TrainConfig(Spec):
     global_batch_size: int = Field(16, ge=1)
     """Sequences per optimiser step over all workers; accumulation is derived from it."""
     per_device_batch_size: int = Field(8, ge=1)
-    """Sequences per forward pass on one worker."""
+    """Sequences per forward pass on one worker (unused with max_tokens_per_micro_batch)."""
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
+    """Padded source + target tokens per forward pass on one worker, lengths padded to fixed buckets; the global batch stays in sequences and accumulation varies per step; null: per_device_batch_size sequences."""
     learning_rate: float = Field(5e-5, gt=0)
     """Peak AdamW learning rate (Tk-Instruct: 5e-5)."""
     weight_decay: float = Field(0.0, ge=0)
@@ -259,14 +261,32 @@ class TrainConfig(Spec):
 
     _floats = field_validator("learning_rate", "weight_decay", "epochs", mode="before")(_int_is_a_float)
 
+    @model_validator(mode="after")
+    def _budget_holds_one_row(self) -> "TrainConfig":
+        longest = self.max_source_length + self.max_target_length
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < longest:
+            raise ValueError(
+                f"max_tokens_per_micro_batch={self.max_tokens_per_micro_batch} cannot hold one row of "
+                f"max_source_length + max_target_length = {longest} tokens; use at least {longest}"
+            )
+        return self
 
-def gradient_accumulation(train: TrainConfig, world_size: int) -> int:
-    """Micro-batches per optimiser step on each worker, derived from the global batch.
+
+def gradient_accumulation(train: TrainConfig, world_size: int) -> int | None:
+    """Micro-batches per optimiser step on each worker, derived from the global batch; None with a
+    token budget, where it is derived per step from the lengths (`itstudy.training.batching`).
 
     global = per_device x world_size x accumulation; a global batch that does not divide is
     refused rather than silently changed (Tk-Instruct#10: the effective batch moved with the
     GPU count and results did not reproduce).
     """
+    if train.max_tokens_per_micro_batch is not None:
+        if train.global_batch_size % world_size:
+            raise ConfigError(
+                f"train.global_batch_size={train.global_batch_size} does not divide over {world_size} workers; "
+                f"choose a multiple of {world_size}"
+            )
+        return None
     per_step = train.per_device_batch_size * world_size
     if train.global_batch_size % per_step:
         raise ConfigError(

@@ -9,12 +9,14 @@ seed, same initial weights), the same
 examples, the same global batch, precision, optimiser (fused AdamW, constant learning rate,
 gradient clipping 1.0) and number of steps, one epoch over the examples, no evaluation.
 Ours is `itstudy.training.engine` exactly as the training loop uses it: length-grouped global
-batches with dynamic padding. Hugging Face keeps its defaults (random batches padded to their
-longest member), except what makes it equivalent: batch, accumulation, steps, precision,
+batches with dynamic padding, or with `--max-tokens N` (`train.max_tokens_per_micro_batch`)
+micro-batches of at most N padded tokens padded to length buckets (`itstudy.training.batching`).
+Hugging Face keeps its defaults (random batches padded to their longest member), except what makes it equivalent: batch, accumulation, steps, precision,
 constant schedule; `--hf-group-by-length` adds a row with its `group_by_length` sampler.
 
-Timing: one untimed forward and backward on a micro-batch of the longest examples (gradients
-dropped), then one epoch over the examples, every step timed: both sides do exactly the same work. (Leaving out the
+Timing: one untimed forward and backward on a micro-batch of the longest examples (with a token
+budget: on every bucket shape of the epoch, at its most rows; gradients dropped), then one epoch
+over the examples, every step timed: both sides do exactly the same work. (Leaving out the
 first steps instead would favour Hugging Face's group_by_length sampler, which puts the longest,
 most expensive batch first.) `--repeats` alternates the sides and reports each figure's median.
 
@@ -53,7 +55,17 @@ import torch
 import transformers
 
 from itstudy.training.bench_args import BenchArgumentError, parse_bench_args
-from itstudy.training.bench_clock import PAD_ID, Measurement, StepClock, cpu_peak_flops, peak_memory_gb, reset_peak_memory, warm_up
+from itstudy.training.bench_clock import (
+    PAD_ID,
+    Measurement,
+    StepClock,
+    bucket_shape_batches,
+    cpu_peak_flops,
+    longest_batch,
+    peak_memory_gb,
+    reset_peak_memory,
+    warm_up,
+)
 from itstudy.training.bench_eval import bench_eval, print_eval_report
 from itstudy.training.engine import (
     CausalExample,
@@ -61,6 +73,7 @@ from itstudy.training.engine import (
     collate,
     make_optimizer,
     make_scheduler,
+    token_budget,
     train_step,
 )
 from itstudy.training.fast_t5 import FastT5
@@ -85,21 +98,41 @@ LEARNING_RATE = 1e-4
 
 
 def run_ours(model, examples, args, device, dtype, clock: StepClock) -> None:
-    """The training loop's step: length-grouped batches, dynamic padding, fused AdamW, accumulation."""
-    accumulation = args.accumulation
-    global_batch = args.batch * accumulation
-    plan = StepPlan([len(e.input_ids) + len(e.labels) for e in examples], global_batch, args.seed)
+    """The training loop's step: length-grouped batches, dynamic padding (or a token budget and length
+    buckets with --max-tokens), fused AdamW, accumulation."""
+    plan = ours_plan(examples, args)
     optimizer = make_optimizer(model, LEARNING_RATE, 0.0)
     scheduler = make_scheduler(optimizer, "constant", 0, plan.per_epoch)
     model.train()
     for step in range(plan.per_epoch):
         clock.step_started()
-        micro_batches = [collate([examples[i] for i in indices], PAD_ID) for indices in plan.micro_batches(step, 0, 1, accumulation)]
+        micro_batches = [collate(chunk, PAD_ID, plan.buckets) for chunk in _ours_micro_batches(plan, examples, step, args)]
         target_tokens = sum(int((batch["labels"] != -100).sum()) for batch in micro_batches)
         train_step(
             model, micro_batches, optimizer, scheduler, step_target_tokens=target_tokens, world_size=1, dtype=dtype, grad_clip=1.0
         )
         clock.step_done()
+
+
+def ours_plan(examples, args) -> StepPlan:
+    """The global batches of `--batch x --accumulation` sequences, split by `--max-tokens` if given."""
+    budget = token_budget(examples, args.max_tokens, args.max_source, args.max_target) if args.max_tokens else None
+    lengths = [len(e.input_ids) + len(e.labels) for e in examples]
+    return StepPlan(lengths, args.batch * args.accumulation, args.seed, budget)
+
+
+def _ours_micro_batches(plan: StepPlan, examples, step: int, args) -> list[list]:
+    accumulation = None if plan.budget else args.accumulation
+    return [[examples[i] for i in indices] for indices in plan.micro_batches(step, 0, 1, accumulation)]
+
+
+def _warm_up_batches(run, examples, args) -> list[dict]:
+    """Ours with a token budget: every bucket shape of its epoch; otherwise one batch of the longest examples."""
+    if run is run_ours and args.max_tokens:
+        plan = ours_plan(examples, args)
+        epoch = [chunk for step in range(plan.per_epoch) for chunk in _ours_micro_batches(plan, examples, step, args)]
+        return bucket_shape_batches(epoch, plan.buckets)
+    return longest_batch(examples, args.batch)
 
 
 def run_hugging_face(model, examples, args, device, dtype, clock: StepClock, group_by_length: bool) -> None:
@@ -170,7 +203,8 @@ def bench_train(args) -> dict:
     with torch.device("meta"):  # the shape without its memory: parameter and FLOP counts
         skeleton = new_model(config, args.seed)
     counts, flops = parameter_counts(skeleton), flop_model(skeleton)
-    ours = "ours (itstudy engine, fast T5)" if args.implementation == "fast" else "ours (itstudy engine)"
+    ours = "ours (itstudy engine" + (", fast T5" if args.implementation == "fast" else "")
+    ours += f", <= {args.max_tokens} tokens, bucketed)" if args.max_tokens else ")"
     builders = {ours: _fast_t5 if args.implementation == "fast" else new_model}  # Seq2SeqTrainer always gets HF's T5
     sides = [(ours, run_ours, {})]
     if not args.no_hf:
@@ -213,6 +247,7 @@ def _setup(args, device, dtype, parameters: int, peak: float, flops: FlopModel) 
         "max_target": args.max_target,
         "per_device_batch": args.batch,
         "accumulation": args.accumulation,
+        "max_tokens": args.max_tokens,
         "steps": args.steps,
         "peak_flops": peak,
         "flops": asdict(flops),
@@ -244,7 +279,7 @@ def _measure_side(name, run, options, new_model, config, examples, args, device,
     reset_peak_memory(device)
     try:
         model = new_model(config, args.seed).to(device)
-        warm_up(model, examples, args.batch, device, dtype)
+        warm_up(model, _warm_up_batches(run, examples, args), device, dtype)
         clock = StepClock(model, device)
         run(model, examples, args, device, dtype, clock, **options)
         result = clock.measurement(name, *flops_peak)
@@ -271,22 +306,24 @@ def _machine(device: torch.device) -> str:
 
 def print_report(report: dict) -> None:
     setup = report["setup"]
+    budget = f" (ours: <= {setup['max_tokens']} tokens per micro-batch, warmed on each bucket shape)" if setup["max_tokens"] else ""
     print(f"{setup['shape']} ({setup['parameters'] / 1e6:.1f}M params), {setup['precision']}, source<={setup['max_source']} "
-          f"target<={setup['max_target']}, batch {setup['per_device_batch']} x {setup['accumulation']} accumulation, "
+          f"target<={setup['max_target']}, batch {setup['per_device_batch']} x {setup['accumulation']} accumulation{budget}, "
           f"{setup['steps']} steps (one epoch, all timed, after one warm-up pass) on {report['machine']}")
     print(f"  peak for MFU: {setup['peak_flops'] / 1e12:.3g} TFLOP/s; median of {setup['repeats']} alternating rounds; "
           f"load average {setup['load_average_before_after'][0]:.1f} before, {setup['load_average_before_after'][1]:.1f} after")
-    header = f"  {'':34s} {'tokens/s':>10s} {'tok/CPU-s':>10s} {'samples/s':>10s} {'MFU':>7s} {'attn':>6s} {'padding':>8s} {'peak mem GB':>12s}"
+    header = f"  {'':34s} {'tokens/s':>10s} {'tok/CPU-s':>10s} {'samples/s':>10s} {'MFU':>7s} {'attn':>6s} {'padding':>8s} {'passes':>7s} {'peak mem GB':>12s}"
     print(header)
     measured = [r for r in report["results"] if "does_not_fit" not in r]
     for r in report["results"]:
         if r in measured:
             attention = r["attention_tflops"] / (r["matmul_tflops"] + r["attention_tflops"])
             print(f"  {r['name']:34s} {r['tokens_per_s']:10.0f} {r['tokens_per_cpu_s']:10.0f} {r['samples_per_s']:10.2f} "
-                  f"{r['mfu']:7.2%} {attention:6.1%} {r['padding_fraction']:8.1%} {r['peak_memory_gb']:12.2f}")
+                  f"{r['mfu']:7.2%} {attention:6.1%} {r['padding_fraction']:8.1%} {r['forward_passes'] / r['timed_steps']:7.1f} "
+                  f"{r['peak_memory_gb']:12.2f}")
         else:
             print(f"  {r['name']:34s} {r['does_not_fit']}")
-    print("  (attn: attention-score share of the model FLOPs that MFU counts)")
+    print("  (attn: attention-score share of the model FLOPs that MFU counts; passes: forward passes per step)")
     for name, why in report["does_not_fit"].items():
         if any(r["name"] == name for r in measured):
             print(f"  {name}: a later round {why}; medians over the rounds that ran")

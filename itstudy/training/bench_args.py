@@ -10,7 +10,7 @@ from pathlib import Path
 from itstudy.errors import UserError
 from itstudy.training.shapes import CAUSAL_SHAPES, NAMED_SHAPES
 
-POSITIVE = ("max_source", "max_target", "batch", "accumulation", "steps", "threads", "repeats", "prompts", "max_new_tokens")
+POSITIVE = ("max_source", "max_target", "batch", "accumulation", "steps", "threads", "repeats", "prompts", "max_new_tokens", "max_tokens")
 """Arguments that count something: each must be a whole number of at least 1."""
 
 
@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-target", type=int, default=128, help="target tokens kept (default 128)")
     train.add_argument("--batch", type=int, default=8, help="sequences per forward pass")
     train.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimiser step")
+    train.add_argument("--max-tokens", type=int,
+                       help="ours: micro-batches of at most this many padded source + target tokens, lengths bucketed "
+                            "(the global batch stays --batch x --accumulation sequences); default: --batch sequences")
     train.add_argument("--steps", type=int, default=20, help="optimiser steps (one epoch of steps x global batch examples)")
     train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     train.add_argument("--seed", type=int, default=0)
@@ -68,6 +71,11 @@ def parse_bench_args(argv: list[str]) -> argparse.Namespace:
             raise BenchArgumentError(f"bench {args.what} --{name.replace('_', '-')} {value}: expected a whole number of at least 1")
     if getattr(args, "implementation", "hf") == "fast" and args.shape in CAUSAL_SHAPES:
         raise BenchArgumentError(f"bench train --implementation fast: the fast T5 cannot run the decoder-only {args.shape}")
+    if getattr(args, "max_tokens", None) and args.max_tokens < args.max_source + args.max_target:
+        raise BenchArgumentError(
+            f"bench train --max-tokens {args.max_tokens}: cannot hold one row of --max-source + --max-target = "
+            f"{args.max_source + args.max_target} tokens; use at least that"
+        )
     if getattr(args, "lengths", None):
         _check_profile(Path(args.lengths))
     if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():

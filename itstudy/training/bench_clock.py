@@ -1,6 +1,6 @@
 """How the benchmark measures one side: a clock over its optimiser steps that counts the tokens of
-every forward pass, peak memory, the CPU's practical FLOP ceiling, and a warm-up before any clock
-runs. Imports only torch and our torch-only engine (the benchmark runs where Ray and MLflow do not)."""
+every forward pass, peak memory, the CPU's practical FLOP ceiling, and a warm-up of every shape
+before any clock runs. Imports only torch and our torch-only engine (the benchmark runs where Ray and MLflow do not)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from itstudy.training.batching import LengthBuckets
 from itstudy.training.engine import LABEL_PAD, Seq2SeqExample, collate
 from itstudy.training.flops import FlopModel, TokenStats, step_flops
 
@@ -35,6 +36,8 @@ class Measurement:
     """Attention-score FLOPs (QK^T and AV: encoder self, decoder self, cross) of the timed steps, 1e12."""
     padding_fraction: float
     """Share of the tokens in the padded tensors that are padding."""
+    forward_passes: int
+    """Micro-batches over the timed steps (with a token budget, their number follows the lengths)."""
     peak_memory_gb: float
     seconds: float
     timed_steps: int
@@ -79,7 +82,7 @@ class StepClock:
         self.started: float | None = None
         self.ended = 0.0
         self.cpu_started = self.cpu_ended = 0.0
-        self.steps = self.samples = self.padded = 0
+        self.steps = self.samples = self.padded = self.forward_passes = 0
         self.tokens = TokenStats()
         model.register_forward_pre_hook(self._count, with_kwargs=True)
 
@@ -88,6 +91,7 @@ class StepClock:
         attended = kwargs["attention_mask"].sum(1)
         self.tokens.add(attended - target if self.causal else attended, target)
         self.samples += len(kwargs["input_ids"])
+        self.forward_passes += 1
         # a causal row holds prompt and target in one padded sequence
         self.padded += kwargs["input_ids"].numel() + (0 if self.causal else kwargs["labels"].numel())
 
@@ -114,20 +118,37 @@ class StepClock:
             matmul_tflops=flops.matmul / 1e12,
             attention_tflops=flops.attention / 1e12,
             padding_fraction=1 - tokens / self.padded,
+            forward_passes=self.forward_passes,
             peak_memory_gb=peak_memory_gb(self.device),
             seconds=seconds,
             timed_steps=self.steps,
         )
 
 
-def warm_up(model, examples: list[Seq2SeqExample], batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
-    """One forward and backward on a micro-batch of the longest examples, gradients dropped, before any
-    clock runs: kernels, allocator pools and autotuning are ready for both sides alike at the largest
-    shape either side can meet (so a batch that does not fit fails here, in seconds); weights are unchanged.
-    Batches are padded to their longest member, so there are no fixed bucket shapes to warm one by one."""
-    longest = sorted(examples, key=lambda e: len(e.input_ids) + len(e.labels))[-batch_size:]
-    batch = {key: value.to(device) for key, value in collate(longest, PAD_ID).items()}
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        model(**batch).loss.backward()
-    model.zero_grad(set_to_none=True)
+def warm_up(model, batches: list[dict[str, torch.Tensor]], device: torch.device, dtype: torch.dtype) -> None:
+    """One forward and backward per batch, gradients dropped, before any clock runs: kernels, allocator
+    pools and autotuning are ready for both sides alike at every shape the side will meet at its most
+    rows (so a batch that does not fit fails here, in seconds); weights are unchanged."""
+    for batch in batches:
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
     sync_device(device)
+
+
+def longest_batch(examples: list[Seq2SeqExample], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """A micro-batch of the longest examples: batches padded to their longest member have no fixed
+    shapes to warm one by one, and this is the largest any of them can be."""
+    return [collate(sorted(examples, key=lambda e: len(e.input_ids) + len(e.labels))[-batch_size:], PAD_ID)]
+
+
+def bucket_shape_batches(micro_batches: list[list[Seq2SeqExample]], buckets: LengthBuckets) -> list[dict[str, torch.Tensor]]:
+    """One micro-batch per padded (source, target) bucket shape that `micro_batches` use, the one with most rows."""
+    largest: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    for examples in micro_batches:
+        batch = collate(examples, PAD_ID, buckets)
+        shape = (batch["input_ids"].shape[1], batch["labels"].shape[1])
+        if shape not in largest or len(largest[shape]["input_ids"]) < len(examples):
+            largest[shape] = batch
+    return list(largest.values())

@@ -19,7 +19,9 @@ contiguous micro-batches of the length-sorted examples; at each micro-step every
 of neighbouring length, so data-parallel ranks wait little for each other. The order is a pure
 function of (seed, epoch, step): resuming at step s replays exactly what an uninterrupted run
 would have seen. (torch's DataLoader with a DistributedSampler knows none of this: it splits
-by rank before batching and cannot be positioned at a step.)
+by rank before batching and cannot be positioned at a step.) With a token budget
+(`itstudy.training.batching`) the same global batches are cut by padded tokens instead, and padded
+to fixed length buckets.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import get_scheduler
+
+from itstudy.training.batching import LengthBuckets, TokenBudget
 
 LABEL_PAD = -100  # ignored by the loss (Tk-Instruct's label padding)
 LENGTH_WINDOW = 50  # global batches sorted together; larger pads less but mixes lengths less across batches
@@ -85,7 +89,7 @@ def epoch_batches(lengths: Sequence[int], global_batch_size: int, seed: int, epo
 class StepPlan:
     """Which examples each rank trains on at each optimiser step; a pure function of the step."""
 
-    def __init__(self, lengths: Sequence[int], global_batch_size: int, seed: int):
+    def __init__(self, lengths: Sequence[int], global_batch_size: int, seed: int, budget: TokenBudget | None = None):
         if batches_per_epoch(len(lengths), global_batch_size) == 0:
             raise ValueError(
                 f"{len(lengths)} training examples do not fill one global batch of {global_batch_size}"
@@ -93,6 +97,7 @@ class StepPlan:
         self.lengths = list(lengths)
         self.global_batch_size = global_batch_size
         self.seed = seed
+        self.budget = budget
         self.per_epoch = batches_per_epoch(len(lengths), global_batch_size)
         self._epoch = -1
         self._batches: list[list[int]] = []
@@ -104,26 +109,44 @@ class StepPlan:
             self._epoch, self._batches = epoch, epoch_batches(self.lengths, self.global_batch_size, self.seed, epoch)
         return self._batches[position]
 
-    def micro_batches(self, step: int, rank: int, world_size: int, accumulation: int) -> list[list[int]]:
-        """This rank's `accumulation` micro-batches of step `step`, neighbours in length across ranks."""
+    @property
+    def buckets(self) -> LengthBuckets | None:
+        """The lengths micro-batches pad to (None: each to its longest row)."""
+        return self.budget.buckets if self.budget else None
+
+    def micro_batches(self, step: int, rank: int, world_size: int, accumulation: int | None) -> list[list[int]]:
+        """This rank's micro-batches of step `step`, neighbours in length across ranks: `accumulation`
+        of equal size, or as many as the token budget needs (accumulation None)."""
+        if self.budget:
+            return self.budget.micro_batches(self.global_batch(step), rank, world_size)
         batch = sorted(self.global_batch(step), key=lambda index: self.lengths[index], reverse=True)
         size = len(batch) // (world_size * accumulation)
         chunks = [batch[start : start + size] for start in range(0, len(batch), size)]
         return [chunks[micro * world_size + rank] for micro in range(accumulation)]
 
 
+def token_budget(examples: Sequence[Seq2SeqExample], max_tokens: int, max_source: int, max_target: int) -> TokenBudget:
+    """The budget of `max_tokens` padded tokens per micro-batch over these examples (causal or seq2seq)."""
+    sources, targets = [len(e.input_ids) for e in examples], [len(e.labels) for e in examples]
+    causal = isinstance(examples[0], CausalExample)
+    return TokenBudget(max_tokens, sources, targets, max_source, max_target, causal)
+
+
 # --- tensors ---------------------------------------------------------------------------------
 
 
-def collate(examples: Sequence[Seq2SeqExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence in this micro-batch (dynamic padding); labels pad with -100.
+def collate(examples: Sequence[Seq2SeqExample], pad_id: int, buckets: LengthBuckets | None = None) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in this micro-batch (dynamic padding), or up to its length bucket;
+    labels pad with -100.
 
     Tensors are built fresh and contiguous: T5's loss calls `labels.view(-1)`.
     """
     if isinstance(examples[0], CausalExample):
-        return collate_causal(examples, pad_id)
+        return collate_causal(examples, pad_id, buckets)
     source_length = max(len(example.input_ids) for example in examples)
     target_length = max(len(example.labels) for example in examples)
+    if buckets:
+        source_length, target_length = buckets.row(source_length, target_length)
     input_ids = torch.full((len(examples), source_length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), target_length), LABEL_PAD, dtype=torch.long)
     for row, example in enumerate(examples):
@@ -132,13 +155,15 @@ def collate(examples: Sequence[Seq2SeqExample], pad_id: int) -> dict[str, torch.
     return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels}
 
 
-def collate_causal(examples: Sequence[Seq2SeqExample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_causal(examples: Sequence[Seq2SeqExample], pad_id: int, buckets: LengthBuckets | None = None) -> dict[str, torch.Tensor]:
     """Prompt + target per row, padded on the right; labels are -100 except on the target.
 
     The attention mask comes from the lengths, not from `pad_id`: a tokenizer without a pad token
     pads with </s>, which every target ends with.
     """
     length = max(len(example.input_ids) + len(example.labels) for example in examples)
+    if buckets:
+        length = buckets.row(length, 0)[0]  # a causal row is one sequence: its length, bucketed
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), LABEL_PAD, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), length), dtype=torch.long)

@@ -12,8 +12,9 @@ What one run does:
 - builds the model (named shape from scratch, seeded; or `from_pretrained`), or restores it with
   optimiser, schedule, step and every rank's RNG state from the checkpoint the driver hands back;
 - trains for `total_steps` optimiser steps of `train.global_batch_size` sequences; gradient
-  accumulation is derived from world size and per-device batch (`config.gradient_accumulation`);
-  batches are grouped by length and padded dynamically (`itstudy.training.engine`);
+  accumulation is derived from world size and per-device batch (`config.gradient_accumulation`),
+  or per step from `train.max_tokens_per_micro_batch` (`itstudy.training.batching`); batches are
+  grouped by length and padded dynamically, or to length buckets (`itstudy.training.engine`);
 - every `train.eval_every_steps` and at the end: greedy generation (and rank classification) on the
   dev prompts (logged as dev_<metric>, what every choice reads) and the test prompts, SuperNI
   metrics, a checkpoint (written by rank 0, reported by every rank), retention by the driver;
@@ -58,7 +59,17 @@ from itstudy.training.checkpoints import (
     usable_checkpoint,
     write_checkpoint,
 )
-from itstudy.training.engine import StepPlan, StepResult, collate, make_optimizer, make_scheduler, total_steps, train_step
+from itstudy.training.batching import TokenBudget
+from itstudy.training.engine import (
+    StepPlan,
+    StepResult,
+    collate,
+    make_optimizer,
+    make_scheduler,
+    token_budget,
+    total_steps,
+    train_step,
+)
 from itstudy.training.evaluate import dev_metrics, evaluation_predictions
 from itstudy.training.models import compute_dtype, model_for_run, parameter_counts
 from itstudy.training.prepare import RunData, prepare_run
@@ -116,7 +127,9 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
     accumulation = gradient_accumulation(train, reporter.world_size)
     steps = total_steps(len(job.data.train), train.global_batch_size, train.epochs, train.max_steps)
     dtype = compute_dtype(study.model.precision, reporter.device)
-    plan = StepPlan([len(e.input_ids) + len(e.labels) for e in job.data.train], train.global_batch_size, study.seed)
+    plan = StepPlan(
+        [len(e.input_ids) + len(e.labels) for e in job.data.train], train.global_batch_size, study.seed, _budget(job)
+    )
 
     restored = usable_checkpoint(reporter.restored_checkpoint())
     reporter.resume_record(restored)
@@ -151,7 +164,7 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
         if train.fail_at_step == step + 1 and restored is None and reporter.rank == 0:
             raise InjectedFault(f"train.fail_at_step={train.fail_at_step}: injected failure before step {step + 1}")
         micro_batches = [
-            collate([job.data.train[index] for index in indices], job.tokenizer.pad_token_id)
+            collate([job.data.train[index] for index in indices], job.tokenizer.pad_token_id, plan.buckets)
             for indices in plan.micro_batches(step, reporter.rank, reporter.world_size, accumulation)
         ]
         step_target_tokens = sum(len(job.data.train[index].labels) for index in plan.global_batch(step))
@@ -181,6 +194,14 @@ def _train(job: WorkerJob, reporter: Reporter) -> dict[str, float]:
             )
             window.restart()
     return metrics
+
+
+def _budget(job: WorkerJob) -> TokenBudget | None:
+    """The token budget of `train.max_tokens_per_micro_batch`, or None (fixed micro-batches)."""
+    train = job.study.train
+    if train.max_tokens_per_micro_batch is None:
+        return None
+    return token_budget(job.data.train, train.max_tokens_per_micro_batch, train.max_source_length, train.max_target_length)
 
 
 def _device_ids(reporter: Reporter) -> list[int] | None:
@@ -274,9 +295,7 @@ def _log_run_start(job: WorkerJob, reporter: Reporter, accumulation: int, steps:
         {
             "run": {
                 "world_size": reporter.world_size,
-                "per_device_batch_size": study.train.per_device_batch_size,
-                "gradient_accumulation": accumulation,
-                "effective_batch_size": study.train.per_device_batch_size * reporter.world_size * accumulation,
+                **_micro_batching(study, reporter.world_size, accumulation),
                 "total_steps": steps,
                 "train_examples": len(data.train),
                 "test_instances": len(data.test),
@@ -295,6 +314,16 @@ def _log_run_start(job: WorkerJob, reporter: Reporter, accumulation: int, steps:
     if data.notes:
         reporter.log_text("\n".join(data.notes) + "\n", "data_notes.txt")
     reporter.flush()
+
+
+def _micro_batching(study: Study, world_size: int, accumulation: int | None) -> dict:
+    """How a global batch is split: per-device batch x accumulation, or a token budget (accumulation varies)."""
+    train = study.train
+    if accumulation is None:
+        return {"max_tokens_per_micro_batch": train.max_tokens_per_micro_batch, "gradient_accumulation": "per step (token budget)",
+                "effective_batch_size": train.global_batch_size}
+    return {"per_device_batch_size": train.per_device_batch_size, "gradient_accumulation": accumulation,
+            "effective_batch_size": train.per_device_batch_size * world_size * accumulation}
 
 
 # --- without Ray: one process, or torchrun -----------------------------------------------------
