@@ -55,7 +55,7 @@ def test_with_a_token_budget_ours_warms_every_bucket_shape_it_then_trains_on(mon
          "--max-tokens", "640", "--threads", "1", "--repeats", "1", "--no-hf"]
     )
     (ours,) = report["results"]
-    assert ours["name"] == "ours (<= 640 tokens, bucketed)" and ours["forward_passes"] == len(trained) > 2
+    assert ours["name"] == "ours (itstudy engine, <= 640 tokens, bucketed)" and ours["forward_passes"] == len(trained) > 2
     assert ours["samples_per_s"] * ours["seconds"] == pytest.approx(16)  # the global batch is still 8 sequences
     assert all(rows * (source + target) <= 640 for rows, source, target in trained)
     assert all(rows <= warmed[(source, target)] for rows, source, target in trained)  # every shape warmed, at its most rows
