@@ -119,6 +119,26 @@ def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri
     assert [m.value for m in sorted(values, key=lambda m: m.step)] == [1.5, 1.2, 1.0], "the first recorded value wins"
 
 
+def test_a_full_disk_is_recognised_under_any_wrapping_and_named_in_one_line(tmp_path):
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    from itstudy.tracking import DiskFull, disk_full_named
+
+    for raised in (OSError(errno.ENOSPC, "No space left on device"), MlflowException("(sqlite3.OperationalError) database or disk is full")):
+        with pytest.raises(DiskFull) as caught:
+            with disk_full_named(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "missing"):
+                try:
+                    raise raised
+                except Exception as error:
+                    raise RuntimeError("a checkpoint could not be written") from error
+        assert str(caught.value).startswith(f"no space left on the disk of {tmp_path} (")
+        assert "\n" not in str(caught.value)
+    with pytest.raises(OSError, match="Permission denied"), disk_full_named("sqlite:///x.db"):
+        raise OSError(errno.EACCES, "Permission denied")
+
+
 # --- the lease of a server store -----------------------------------------------------------------
 
 
@@ -563,3 +583,41 @@ def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling
 
     assert sweep.returncode == 0, output[-3000:]
     _assert_same_as(reference, _study_runs(home))
+
+
+# Inside a private mount namespace: the study's home on a 12 MB tmpfs (room for the store and two
+# checkpoints, not a third), the study run, its store copied out; then the tmpfs grown (space freed)
+# and the same command run again.
+FULL_DISK_SCRIPT = """
+mount -t tmpfs -o size=12m tmpfs "$ITSTUDY_HOME" || exit 90
+"$@" > "$OUT/first.log" 2>&1; echo $? > "$OUT/first.rc"
+cp "$ITSTUDY_HOME/mlflow.db" "$OUT/first.db"
+mount -o remount,size=256m "$ITSTUDY_HOME"
+"$@" > "$OUT/second.log" 2>&1; echo $? > "$OUT/second.rc"
+cp "$ITSTUDY_HOME/mlflow.db" "$OUT/second.db"
+"""
+
+
+@pytest.mark.ray
+def test_a_disk_that_fills_up_while_a_trial_runs_stops_the_study_in_one_line_and_the_rerun_resumes(clean_reference, tmp_path):
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and a mount namespace to put the study on a small tmpfs")
+    home, out = tmp_path / "home", tmp_path / "out"
+    home.mkdir(), out.mkdir()
+    command = [sys.executable, "-m", "itstudy.cli", "run", DEMO, *STUDY]
+    subprocess.run(
+        ["unshare", "-m", "sh", "-c", FULL_DISK_SCRIPT, "sh", *command],
+        cwd=REPO, env={**_env(home), "OUT": str(out)}, timeout=600, check=True,
+    )
+    first = (out / "first.log").read_text()
+    errors = [line for line in first.splitlines() if line.startswith("itstudy:")]
+    assert (out / "first.rc").read_text().strip() == "2", first[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(f"itstudy: no space left on the disk of {home}"), errors
+    assert errors[0].endswith("rerun the same command: the study resumes from its last checkpoints")
+    assert len(first.splitlines()) < 400, f"{len(first.splitlines())} lines of log"
+    statuses = {run: status for run, (status, _) in _study_runs(out, f"sqlite:///{out / 'first.db'}").items()}
+    assert "RUNNING" not in statuses.values(), statuses
+
+    second = (out / "second.log").read_text()
+    assert (out / "second.rc").read_text().strip() == "0", second[-3000:]
+    _assert_same_as(clean_reference[3], _study_runs(out, f"sqlite:///{out / 'second.db'}"))

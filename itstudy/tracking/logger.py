@@ -4,7 +4,7 @@ Params once (flattened, truncated), metrics in batches, artifacts and dataset li
 status. A failing write is retried, then reported as a warning: tracking never raises into
 training (mlflow#5269). With a `MetricJournal`, every metric point is recorded on disk first and
 MLflow gets each (key, step) exactly once: what an outage kept from it stays in the record for
-`itstudy sync` (see `itstudy.tracking.journal`). Used as a context manager it is the one place
+`itstudy sync` (see `itstudy.tracking.journal`), and so do the text artifacts it did not take. Used as a context manager it is the one place
 that turns how a block ended into the run's status: FINISHED, or FAILED (KILLED on Ctrl-C) with
 the traceback in error.txt.
 """
@@ -31,6 +31,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
 
 from itstudy.config import Study, config_digest, to_plain
 from itstudy.provenance import environment_info
+from itstudy.tracking.disk import is_disk_full
 from itstudy.tracking.journal import HeldPoints, MetricJournal
 from itstudy.tracking.names import mlflow_metric_name
 from itstudy.tracking.runs import STATUS_TAG, TERMINAL_STATUSES, tag_value
@@ -82,6 +83,8 @@ class RunLogger:
         self.backoff_s = backoff_s
         self.failures = 0
         """Writes given up after all attempts (tests and reports read it)."""
+        self.store_full = False
+        """The store answered that its disk is full: later writes are not tried (the sweep stops on it)."""
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self._params: dict[str, str] | None = None
@@ -100,12 +103,16 @@ class RunLogger:
         self.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
     def _attempt(self, what: str, call: Callable[[], Any]) -> bool:
+        if self.store_full:  # every write would fail again, each with MLflow's traceback in the log
+            self.failures += 1
+            return False
         for attempt in range(self.attempts):
             try:
                 call()
                 return True
             except Exception as error:  # tracking must not stop the work; report and retry
-                refused = _refused(error)
+                self.store_full = is_disk_full(error)
+                refused = _refused(error) or self.store_full  # a full disk stays full while we wait
                 if refused or attempt + 1 == self.attempts:
                     self.failures += 1
                     how = "was refused" if refused else f"failed {self.attempts} times"
@@ -186,12 +193,21 @@ class RunLogger:
                 points.append(Metric(mlflow_metric_name(key), float(value), timestamp, int(step)))
             except (TypeError, ValueError):
                 log.warning("metric %r=%r is not a number; not logged", key, value)
-        if self.journal:
-            self.journal.append(points)
         self._pending.extend(points)
+        if self.journal:
+            self._record(points)
         due = time.monotonic() - self._last_flush >= self.flush_interval_s
         if len(self._pending) >= self.flush_every or due:
             self.flush()
+
+    def _record(self, points: list[Metric]) -> None:
+        """Append `points` to the record; if its disk is full, MLflow (a server may still answer) gets them now."""
+        try:
+            self.journal.append(points)
+        except OSError as error:
+            if is_disk_full(error):
+                self.flush()
+            raise
 
     def flush(self) -> bool:
         """Send buffered metrics now; what fails stays buffered for the next flush."""
