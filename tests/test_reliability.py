@@ -68,11 +68,11 @@ def test_replay_sends_each_key_and_step_once_however_often_it_runs(sqlite_uri, t
     journal.append(_points([10, 20]))
     journal.append(_points([20, 30]))  # a resumed attempt re-measured step 20
 
-    assert replay(journal, sqlite_uri) == 6
+    assert replay(journal, sqlite_uri).points == 6
     journal.append(_points([40]))
-    assert replay(journal, sqlite_uri) == 2
+    assert replay(journal, sqlite_uri).points == 2
     (tmp_path / f"{run_id}.jsonl.synced").unlink()  # forget the marker: MLflow itself says what it holds
-    assert replay(journal, sqlite_uri) == 0
+    assert replay(journal, sqlite_uri).points == 0
 
     history = _history(sqlite_uri, run_id)
     assert set(history) == {(key, step) for key in ("train_loss", "learning_rate") for step in (10, 20, 30, 40)}
@@ -117,6 +117,26 @@ def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri
     assert history == {("train_loss", 10): 1, ("train_loss", 20): 1, ("exact_match", 20): 1, ("train_loss", 30): 1}
     values = MlflowClient(tracking_uri=sqlite_uri).get_metric_history(run_id, "train_loss")
     assert [m.value for m in sorted(values, key=lambda m: m.step)] == [1.5, 1.2, 1.0], "the first recorded value wins"
+
+
+def test_artifacts_an_outage_kept_from_mlflow_are_kept_beside_the_record_and_uploaded_once(sqlite_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    run_id = _new_run(sqlite_uri, "outage-artifacts")
+    journal = MetricJournal(tmp_path / f"{run_id}.jsonl")
+    down = RunLogger("http://127.0.0.1:9", run_id, journal=journal, attempts=1, backoff_s=0)
+    records = [{"task": "task1", "prediction": "yes", "target": "yes"}]
+    down.log_predictions(records, [{"task": "task1", "exact_match": 100.0}], {"exact_match": 100.0}, step=60)
+    assert {path.name for path in journal.kept_artifacts()} == {"predictions.jsonl", "task_metrics.csv"}
+
+    # One of them reached MLflow before the replay failed: it is not uploaded twice.
+    MlflowClient(tracking_uri=sqlite_uri).log_text(run_id, "already there\n", "task_metrics.csv")
+    assert replay(journal, sqlite_uri) == (1, 1)
+    assert replay(journal, sqlite_uri) == (0, 0) and not journal.kept_artifacts()
+
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    assert {info.path for info in client.list_artifacts(run_id)} == {"predictions.jsonl", "task_metrics.csv"}
+    uploaded = Path(client.download_artifacts(run_id, "predictions.jsonl", str(tmp_path / "down")))
+    assert uploaded.read_text() == '{"task": "task1", "prediction": "yes", "target": "yes"}\n'
 
 
 def test_a_full_disk_is_recognised_under_any_wrapping_and_named_in_one_line(tmp_path):
@@ -529,7 +549,7 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
         server = _mlflow_server(tmp_path, port, server_log)
         output = _finish(sweep, tmp_path / "sweep.log", timeout_s=400)
         assert sweep.returncode == 0, output[-3000:]
-        assert "recorded metric values that MLflow" in output, "the driver sent what the trial could not"
+        assert "recorded metric values and" in output, "the driver sent what the trial could not"
 
         synced = subprocess.run(
             [sys.executable, "-m", "itstudy.cli", "sync", DEMO, *STUDY],

@@ -165,8 +165,8 @@ def send_records(study: Study, uri: str, parent_run_id: str, experiment_file: Pa
     """
     sent, unsent = sync_folder(journal_dir(study, parent_run_id), uri)
     name = sweep_name(study)
-    if sent:
-        print(f"[{name}] sent {sent} recorded metric values that MLflow ({uri}) did not have")
+    if sent.points or sent.artifacts:
+        print(f"[{name}] sent {sent.points} recorded metric values and {sent.artifacts} kept artifacts that MLflow ({uri}) did not have")
     if unsent:
         print(
             f"[{name}] {len(unsent)} runs have metrics not yet in MLflow ({uri}), kept in {journal_dir(study, parent_run_id)}: "

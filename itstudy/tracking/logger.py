@@ -236,7 +236,17 @@ class RunLogger:
     # --- artifacts and lineage -------------------------------------------------------------------
 
     def log_text(self, text: str, artifact_file: str) -> bool:
-        return self._attempt(f"log {artifact_file}", lambda: self.client.log_text(self.run_id, text, artifact_file))
+        """Write a text artifact; with a journal, one MLflow did not take is kept beside the record for the replay."""
+        if self._attempt(f"log {artifact_file}", lambda: self.client.log_text(self.run_id, text, artifact_file)):
+            return True
+        if self.journal:
+            try:
+                kept = self.journal.keep_artifact(text, artifact_file)
+                log.warning("%s of run %s kept in %s for `itstudy sync`", artifact_file, self.run_id, kept)
+            except OSError as error:  # a full disk: the artifact is lost, the training goes on
+                log.warning("%s of run %s could not be kept either: %s", artifact_file, self.run_id, error)
+        return False
+
 
     def log_dict_yaml(self, obj: Any, artifact_file: str) -> bool:
         """Write `obj` as YAML in its own key order (MLflow's log_dict sorts keys)."""
