@@ -7,6 +7,7 @@ import ipaddress
 import os
 import secrets
 import stat
+import sys
 from pathlib import Path
 
 import psutil
@@ -94,3 +95,33 @@ def test_a_local_ray_listens_on_loopback_and_its_session_folder_holds_no_secret(
     assert not holding, f"the tracking secret is written in {holding}"
     # The check can see: Ray does log the runtime environment, whose (non-secret) URI is there.
     assert any(b"store-marker-7c1f" in path.read_bytes() for path in files)
+
+
+def _rank0_listening(config: dict) -> None:
+    """A Ray Train worker: once the process group is up, rank 0 writes where its process listens outside loopback."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    if dist.get_rank() == 0:
+        outside = _outside_loopback(psutil.Process())
+        Path(config["out"]).write_text(f"world size {dist.get_world_size()}; outside loopback: {outside}")
+    dist.barrier()
+
+
+@pytest.mark.ray
+def test_a_two_worker_train_run_keeps_its_rendezvous_store_on_loopback(tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from itstudy.training.rendezvous import LoopbackTorchConfig
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    with ray_session(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        TorchTrainer(
+            _rank0_listening,
+            train_loop_config={"out": str(tmp_path / "rank0.txt")},
+            torch_config=LoopbackTorchConfig(),
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+            run_config=RunConfig(name="rendezvous", storage_path=str(tmp_path / "ray_results")),
+        ).fit()
+    assert (tmp_path / "rank0.txt").read_text() == "world size 2; outside loopback: []"
