@@ -56,7 +56,10 @@ class RunLogger:
 
     Every write is retried `attempts` times with exponential backoff (SQLite answers "database is
     locked" under concurrent writers; servers restart), then given up with a warning: logging never
-    raises into training. Metrics that could not be sent stay buffered and go with the next flush.
+    raises into training. After such a failure no write is tried for `outage_pause_s`, so that a
+    trial in a long outage does not wait out the retries of every write (minutes per evaluation):
+    metrics stay buffered (and in the record) and go with the next flush after the pause; text
+    artifacts are kept beside the record for the replay.
     One logger per run and per thread; only rank 0 of a training run should hold one.
 
         with RunLogger(uri, run_id) as logger:   # FINISHED on exit; FAILED with error.txt on an exception
@@ -73,6 +76,7 @@ class RunLogger:
         attempts: int = 3,
         backoff_s: float = 0.5,
         journal: MetricJournal | None = None,
+        outage_pause_s: float = 60.0,
     ) -> None:
         self.uri = uri
         self.run_id = run_id
@@ -83,6 +87,8 @@ class RunLogger:
         self.backoff_s = backoff_s
         self.failures = 0
         """Writes given up after all attempts (tests and reports read it)."""
+        self.outage_pause_s = outage_pause_s
+        self._paused_until = 0.0
         self.store_full = False
         """The store answered that its disk is full: later writes are not tried (the sweep stops on it)."""
         self._pending: list[Metric] = []
@@ -103,8 +109,11 @@ class RunLogger:
         self.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
     def _attempt(self, what: str, call: Callable[[], Any]) -> bool:
-        if self.store_full:  # every write would fail again, each with MLflow's traceback in the log
+        # A full store would fail every write again (each with MLflow's traceback in the log); a store that
+        # did not answer is given `outage_pause_s` before the next write waits for it.
+        if self.store_full or time.monotonic() < self._paused_until:
             self.failures += 1
+            log.debug("MLflow %s for run %s not tried: the store did not answer just before", what, self.run_id)
             return False
         for attempt in range(self.attempts):
             try:
@@ -117,6 +126,8 @@ class RunLogger:
                     self.failures += 1
                     how = "was refused" if refused else f"failed {self.attempts} times"
                     log.warning("MLflow %s for run %s %s, giving up: %s", what, self.run_id, how, error)
+                    if not refused:
+                        self._paused_until = time.monotonic() + self.outage_pause_s
                     return False
                 time.sleep(self.backoff_s * 2**attempt)
         return False
