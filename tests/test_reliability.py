@@ -561,6 +561,11 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
         )
         assert synced.returncode == 0 and "every recorded metric of demo is in MLflow" in synced.stdout, synced
         _assert_same_as(reference, _study_runs(home, uri))
+        # The evaluations' artifacts the trial could not send were kept beside its record and uploaded.
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = client.get_experiment_by_name("demo").experiment_id
+        (trial_run,) = client.search_runs([experiment_id], "tags.`itstudy.kind` = 'trial'")
+        assert {"predictions.jsonl", "task_metrics.csv"} <= {info.path for info in client.list_artifacts(trial_run.info.run_id)}
     finally:
         if sweep.poll() is None:
             kill_tree(sweep)
@@ -605,11 +610,11 @@ def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling
     _assert_same_as(reference, _study_runs(home))
 
 
-# Inside a private mount namespace: the study's home on a 12 MB tmpfs (room for the store and two
-# checkpoints, not a third), the study run, its store copied out; then the tmpfs grown (space freed)
-# and the same command run again.
+# Inside a private mount namespace: the study's home on a 7 MB tmpfs (room for the store and one
+# checkpoint of the 20-step study, not a second), the study run, its store copied out; then the
+# tmpfs grown (space freed) and the same command run again.
 FULL_DISK_SCRIPT = """
-mount -t tmpfs -o size=12m tmpfs "$ITSTUDY_HOME" || exit 90
+mount -t tmpfs -o size=7m tmpfs "$ITSTUDY_HOME" || exit 90
 "$@" > "$OUT/first.log" 2>&1; echo $? > "$OUT/first.rc"
 cp "$ITSTUDY_HOME/mlflow.db" "$OUT/first.db"
 mount -o remount,size=256m "$ITSTUDY_HOME"
@@ -619,12 +624,12 @@ cp "$ITSTUDY_HOME/mlflow.db" "$OUT/second.db"
 
 
 @pytest.mark.ray
-def test_a_disk_that_fills_up_while_a_trial_runs_stops_the_study_in_one_line_and_the_rerun_resumes(clean_reference, tmp_path):
+def test_a_disk_that_fills_up_while_a_trial_runs_stops_the_study_in_one_line_and_the_rerun_resumes(tmp_path):
     if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs root and a mount namespace to put the study on a small tmpfs")
     home, out = tmp_path / "home", tmp_path / "out"
     home.mkdir(), out.mkdir()
-    command = [sys.executable, "-m", "itstudy.cli", "run", DEMO, *STUDY]
+    command = [sys.executable, "-m", "itstudy.cli", "run", DEMO, *STUDY, "train.max_steps=20"]
     subprocess.run(
         ["unshare", "-m", "sh", "-c", FULL_DISK_SCRIPT, "sh", *command],
         cwd=REPO, env={**_env(home), "OUT": str(out)}, timeout=600, check=True,
@@ -634,10 +639,14 @@ def test_a_disk_that_fills_up_while_a_trial_runs_stops_the_study_in_one_line_and
     assert (out / "first.rc").read_text().strip() == "2", first[-3000:]
     assert len(errors) == 1 and errors[0].startswith(f"itstudy: no space left on the disk of {home}"), errors
     assert errors[0].endswith("rerun the same command: the study resumes from its last checkpoints")
-    assert len(first.splitlines()) < 400, f"{len(first.splitlines())} lines of log"
+    assert "the full disk cut it short" in first and len(first.splitlines()) < 500, f"{len(first.splitlines())} lines"
     statuses = {run: status for run, (status, _) in _study_runs(out, f"sqlite:///{out / 'first.db'}").items()}
     assert "RUNNING" not in statuses.values(), statuses
 
     second = (out / "second.log").read_text()
     assert (out / "second.rc").read_text().strip() == "0", second[-3000:]
-    _assert_same_as(clean_reference[3], _study_runs(out, f"sqlite:///{out / 'second.db'}"))
+    runs = _study_runs(out, f"sqlite:///{out / 'second.db'}")
+    (trial,) = [history for status, history in runs.values() if ("train_loss", 5) in history]
+    measured = {("train_loss", step) for step in (5, 10, 15, 20)} | {("exact_match", step) for step in (10, 20)}
+    assert measured <= set(trial) and set(trial.values()) == {1}, "nothing lost, nothing logged twice"
+    assert {status for status, _ in runs.values()} == {"FINISHED"}

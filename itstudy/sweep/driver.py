@@ -27,7 +27,9 @@ What one invocation does:
    FINISHED when every trial finished, else FAILED; child runs left RUNNING are ended FINISHED
    if Tune saw their trial finish (the store was down when it ended them), else FAILED with the
    reason tagged; the metric records are sent again, and if MLflow still
-   lacks some, one line says so and how to send them later.
+   lacks some, one line says so and how to send them later. A full disk stops the sweep at the
+   first trial it fails (`DiskFull`, one line): the checkpoints it cut short are removed, which
+   gives back the space to end the runs FAILED with the reason.
 """
 
 from __future__ import annotations
