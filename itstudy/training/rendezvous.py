@@ -9,7 +9,7 @@ is loopback (a study's own local Ray, `cluster/local-up.sh`): rank 0 serves the 
 bound to 127.0.0.1 and every rank joins it as a client (torch's "agent store" mode of `env://`,
 which torchrun uses the same way). On any other cluster Ray's own setup runs unchanged.
 
-Private Ray API, kept to the three names below; checked against Ray 2.60.0 and torch 2.13.
+Private Ray API, kept to the four names imported below; checked against Ray 2.60.0 and torch 2.13.
 """
 
 from __future__ import annotations
