@@ -9,9 +9,10 @@ Why a variable and not only `_node_ip_address="127.0.0.1"`: on Linux Ray replace
 address by the machine's routable one (`resolve_ip_for_localhost`), and its servers then listen on
 every interface. It keeps 127.0.0.1 where it believes multi-node clusters are unavailable (its
 macOS and Windows default), which is what `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` declares; every
-server then binds 127.0.0.1 (measured in docs/reliability.md, "Loopback and secrets"). Not
-covered: rank 0 of a multi-worker trial runs torch.distributed's TCPStore, which binds every
-interface whatever address it is given.
+server then binds 127.0.0.1 (measured in docs/reliability.md, "Loopback and secrets"). Rank 0
+of a multi-worker run serves torch.distributed's rendezvous store, which torch binds to every
+interface whatever address it is given: `itstudy.training.rendezvous` hands it a socket bound to
+127.0.0.1 when every worker is on a loopback node.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import secrets
 import stat
+import sys
 from pathlib import Path
 
 import psutil
@@ -74,6 +75,24 @@ def _credential() -> tuple[str | None, str | None]:
     return os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_URI")
 
 
+def _two_worker_rendezvous(tmp_path: Path) -> str:
+    """A 2-worker Ray Train run with the study's torch config; what its rank 0 wrote about its sockets."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from itstudy.training.rendezvous import LoopbackTorchConfig
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    TorchTrainer(
+        _rank0_listening,
+        train_loop_config={"out": str(tmp_path / "rank0.txt")},
+        torch_config=LoopbackTorchConfig(),
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(name="rendezvous", storage_path=str(tmp_path / "ray_results")),
+    ).fit()
+    return (tmp_path / "rank0.txt").read_text()
+
+
 @pytest.mark.ray
 def test_a_local_ray_listens_on_loopback_and_its_session_folder_holds_no_secret(tmp_path, monkeypatch):
     secret = f"itstudy-test-secret-{secrets.token_hex(8)}"
@@ -86,7 +105,10 @@ def test_a_local_ray_listens_on_loopback_and_its_session_folder_holds_no_secret(
         started = [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
         assert {"gcs_server", "raylet"} <= {child.name() for child in started}
         outside = [line for process in [psutil.Process(), *started] for line in _outside_loopback(process)]
+        # torch's rendezvous store, which torch binds to every interface unless handed a bound socket
+        rendezvous = _two_worker_rendezvous(tmp_path)
     assert not outside, f"Ray listens outside 127.0.0.1: {outside}"
+    assert rendezvous == "world size 2; outside loopback: []", rendezvous
     assert stat.S_IMODE(auth_token_path().stat().st_mode) == 0o600
 
     files = [path for path in session.rglob("*") if path.is_file() and not path.is_symlink()]
@@ -94,3 +116,14 @@ def test_a_local_ray_listens_on_loopback_and_its_session_folder_holds_no_secret(
     assert not holding, f"the tracking secret is written in {holding}"
     # The check can see: Ray does log the runtime environment, whose (non-secret) URI is there.
     assert any(b"store-marker-7c1f" in path.read_bytes() for path in files)
+
+
+def _rank0_listening(config: dict) -> None:
+    """A Ray Train worker: once the process group is up, rank 0 writes where its process listens outside loopback."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    if dist.get_rank() == 0:
+        outside = _outside_loopback(psutil.Process())
+        Path(config["out"]).write_text(f"world size {dist.get_world_size()}; outside loopback: {outside}")
+    dist.barrier()

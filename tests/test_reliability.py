@@ -68,11 +68,11 @@ def test_replay_sends_each_key_and_step_once_however_often_it_runs(sqlite_uri, t
     journal.append(_points([10, 20]))
     journal.append(_points([20, 30]))  # a resumed attempt re-measured step 20
 
-    assert replay(journal, sqlite_uri) == 6
+    assert replay(journal, sqlite_uri).points == 6
     journal.append(_points([40]))
-    assert replay(journal, sqlite_uri) == 2
+    assert replay(journal, sqlite_uri).points == 2
     (tmp_path / f"{run_id}.jsonl.synced").unlink()  # forget the marker: MLflow itself says what it holds
-    assert replay(journal, sqlite_uri) == 0
+    assert replay(journal, sqlite_uri).points == 0
 
     history = _history(sqlite_uri, run_id)
     assert set(history) == {(key, step) for key in ("train_loss", "learning_rate") for step in (10, 20, 30, 40)}
@@ -117,6 +117,46 @@ def test_an_outage_keeps_every_point_on_disk_and_sync_sends_them_once(sqlite_uri
     assert history == {("train_loss", 10): 1, ("train_loss", 20): 1, ("exact_match", 20): 1, ("train_loss", 30): 1}
     values = MlflowClient(tracking_uri=sqlite_uri).get_metric_history(run_id, "train_loss")
     assert [m.value for m in sorted(values, key=lambda m: m.step)] == [1.5, 1.2, 1.0], "the first recorded value wins"
+
+
+def test_artifacts_an_outage_kept_from_mlflow_are_kept_beside_the_record_and_uploaded_once(sqlite_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    run_id = _new_run(sqlite_uri, "outage-artifacts")
+    journal = MetricJournal(tmp_path / f"{run_id}.jsonl")
+    down = RunLogger("http://127.0.0.1:9", run_id, journal=journal, attempts=1, backoff_s=0)
+    records = [{"task": "task1", "prediction": "yes", "target": "yes"}]
+    down.log_predictions(records, [{"task": "task1", "exact_match": 100.0}], {"exact_match": 100.0}, step=60)
+    assert {path.name for path in journal.kept_artifacts()} == {"predictions.jsonl", "task_metrics.csv"}
+
+    # One of them reached MLflow before the replay failed: it is not uploaded twice.
+    MlflowClient(tracking_uri=sqlite_uri).log_text(run_id, "already there\n", "task_metrics.csv")
+    assert replay(journal, sqlite_uri) == (1, 1)
+    assert replay(journal, sqlite_uri) == (0, 0) and not journal.kept_artifacts()
+
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    assert {info.path for info in client.list_artifacts(run_id)} == {"predictions.jsonl", "task_metrics.csv"}
+    uploaded = Path(client.download_artifacts(run_id, "predictions.jsonl", str(tmp_path / "down")))
+    assert uploaded.read_text() == '{"task": "task1", "prediction": "yes", "target": "yes"}\n'
+
+
+def test_a_full_disk_is_recognised_under_any_wrapping_and_named_in_one_line(tmp_path):
+    import errno
+
+    from mlflow.exceptions import MlflowException
+
+    from itstudy.tracking import DiskFull, disk_full_named
+
+    for raised in (OSError(errno.ENOSPC, "No space left on device"), MlflowException("(sqlite3.OperationalError) database or disk is full")):
+        with pytest.raises(DiskFull) as caught:
+            with disk_full_named(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "missing"):
+                try:
+                    raise raised
+                except Exception as error:
+                    raise RuntimeError("a checkpoint could not be written") from error
+        assert str(caught.value).startswith(f"no space left on the disk of {tmp_path} (")
+        assert "\n" not in str(caught.value)
+    with pytest.raises(OSError, match="Permission denied"), disk_full_named("sqlite:///x.db"):
+        raise OSError(errno.EACCES, "Permission denied")
 
 
 # --- the lease of a server store -----------------------------------------------------------------
@@ -509,7 +549,7 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
         server = _mlflow_server(tmp_path, port, server_log)
         output = _finish(sweep, tmp_path / "sweep.log", timeout_s=400)
         assert sweep.returncode == 0, output[-3000:]
-        assert "recorded metric values that MLflow" in output, "the driver sent what the trial could not"
+        assert "recorded metric values and" in output, "the driver sent what the trial could not"
 
         synced = subprocess.run(
             [sys.executable, "-m", "itstudy.cli", "sync", DEMO, *STUDY],
@@ -521,6 +561,11 @@ def test_a_tracking_server_killed_while_the_trial_ends_loses_and_doubles_nothing
         )
         assert synced.returncode == 0 and "every recorded metric of demo is in MLflow" in synced.stdout, synced
         _assert_same_as(reference, _study_runs(home, uri))
+        # The evaluations' artifacts the trial could not send were kept beside its record and uploaded.
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = client.get_experiment_by_name("demo").experiment_id
+        (trial_run,) = client.search_runs([experiment_id], "tags.`itstudy.kind` = 'trial'")
+        assert {"predictions.jsonl", "task_metrics.csv"} <= {info.path for info in client.list_artifacts(trial_run.info.run_id)}
     finally:
         if sweep.poll() is None:
             kill_tree(sweep)
@@ -563,3 +608,45 @@ def test_a_training_worker_killed_after_a_checkpoint_resumes_losing_and_doubling
 
     assert sweep.returncode == 0, output[-3000:]
     _assert_same_as(reference, _study_runs(home))
+
+
+# Inside a private mount namespace: the study's home on a 7 MB tmpfs (room for the store and one
+# checkpoint of the 20-step study, not a second), the study run, its store copied out; then the
+# tmpfs grown (space freed) and the same command run again.
+FULL_DISK_SCRIPT = """
+mount -t tmpfs -o size=7m tmpfs "$ITSTUDY_HOME" || exit 90
+"$@" > "$OUT/first.log" 2>&1; echo $? > "$OUT/first.rc"
+cp "$ITSTUDY_HOME/mlflow.db" "$OUT/first.db"
+mount -o remount,size=256m "$ITSTUDY_HOME"
+"$@" > "$OUT/second.log" 2>&1; echo $? > "$OUT/second.rc"
+cp "$ITSTUDY_HOME/mlflow.db" "$OUT/second.db"
+"""
+
+
+@pytest.mark.ray
+def test_a_disk_that_fills_up_while_a_trial_runs_stops_the_study_in_one_line_and_the_rerun_resumes(tmp_path):
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and a mount namespace to put the study on a small tmpfs")
+    home, out = tmp_path / "home", tmp_path / "out"
+    home.mkdir(), out.mkdir()
+    command = [sys.executable, "-m", "itstudy.cli", "run", DEMO, *STUDY, "train.max_steps=20"]
+    subprocess.run(
+        ["unshare", "-m", "sh", "-c", FULL_DISK_SCRIPT, "sh", *command],
+        cwd=REPO, env={**_env(home), "OUT": str(out)}, timeout=600, check=True,
+    )
+    first = (out / "first.log").read_text()
+    errors = [line for line in first.splitlines() if line.startswith("itstudy:")]
+    assert (out / "first.rc").read_text().strip() == "2", first[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(f"itstudy: no space left on the disk of {home}"), errors
+    assert errors[0].endswith("rerun the same command: the study resumes from its last checkpoints")
+    assert "the full disk cut it short" in first and len(first.splitlines()) < 500, f"{len(first.splitlines())} lines"
+    statuses = {run: status for run, (status, _) in _study_runs(out, f"sqlite:///{out / 'first.db'}").items()}
+    assert "RUNNING" not in statuses.values(), statuses
+
+    second = (out / "second.log").read_text()
+    assert (out / "second.rc").read_text().strip() == "0", second[-3000:]
+    runs = _study_runs(out, f"sqlite:///{out / 'second.db'}")
+    (trial,) = [history for status, history in runs.values() if ("train_loss", 5) in history]
+    measured = {("train_loss", step) for step in (5, 10, 15, 20)} | {("exact_match", step) for step in (10, 20)}
+    assert measured <= set(trial) and set(trial.values()) == {1}, "nothing lost, nothing logged twice"
+    assert {status for status, _ in runs.values()} == {"FINISHED"}

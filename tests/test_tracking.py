@@ -384,3 +384,18 @@ def test_progress_is_a_display_that_an_outage_cannot_slow(sqlite_uri, tmp_path, 
     for step in range(1, 50):
         down.show_progress(step, 100, training, 0.1)
     assert len(tries) == 1 and down.logger.failures == 0
+
+
+def test_after_a_write_gave_up_the_next_ones_wait_for_the_pause_not_for_the_retries(monkeypatch, free_ports):
+    # A trial in a long outage: the first write waits out its retries; the following ones, within the
+    # pause, are not tried (metrics stay buffered), so an evaluation costs no retry budget.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    logger = RunLogger(f"http://127.0.0.1:{free_ports(1)[0]}", "0123456789abcdef", attempts=3, backoff_s=0.2, outage_pause_s=600)
+    started = time.monotonic()
+    assert not logger.log_text("x", "predictions.jsonl")
+    assert time.monotonic() - started >= 0.6, "retried with backoff 0.2 s, then 0.4 s"
+    started = time.monotonic()
+    for step in range(20):
+        logger.log_metrics({"train_loss": 1.0}, step=step)
+        assert not logger.flush()
+    assert time.monotonic() - started < 0.5 and logger.failures == 21 and logger.pending_metrics == 20

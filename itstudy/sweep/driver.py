@@ -27,7 +27,9 @@ What one invocation does:
    FINISHED when every trial finished, else FAILED; child runs left RUNNING are ended FINISHED
    if Tune saw their trial finish (the store was down when it ended them), else FAILED with the
    reason tagged; the metric records are sent again, and if MLflow still
-   lacks some, one line says so and how to send them later.
+   lacks some, one line says so and how to send them later. A full disk stops the sweep at the
+   first trial it fails (`DiskFull`, one line): the checkpoints it cut short are removed, which
+   gives back the space to end the runs FAILED with the reason.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from itstudy.tracking import (
     RunLogger,
     check_tracking,
     check_writable,
+    disk_full_cause,
+    disk_full_named,
     ensure_experiment,
     experiment_name,
     resolve_tracking_uri,
@@ -59,6 +63,7 @@ from itstudy.tracking import (
 
 LEFT_BY_DEAD_DRIVER = "its sweep's driver stopped before ending it; a resumed trial reopens it"
 LEFT_BY_DEAD_TRIAL = "its trial stopped before ending it; rerun the same command to resume it"
+LEFT_BY_FULL_DISK = "the disk filled up while it ran; free space and rerun the same command to resume it"
 
 
 def run_sweep(study: Study, experiment_file: Path | None = None) -> SweepResult:
@@ -71,6 +76,14 @@ def run_sweep(study: Study, experiment_file: Path | None = None) -> SweepResult:
     with store_creation_lock(uri):  # two first runs on a new store must not race its schema migration
         check_tracking(uri)
         experiment_id = ensure_experiment(uri, experiment_name(study))
+    with disk_full_named(uri, storage_path(study.tracking.storage_path)):
+        return _run_locked(study, trials, untuned, uri, experiment_id, experiment_file)
+
+
+def _run_locked(
+    study: Study, trials: list[Trial], untuned: list[Trial], uri: str, experiment_id: str, experiment_file: Path | None
+) -> SweepResult:
+    """Under the study's lock, with Ray up: close what a killed driver left, run the trials, end the parent run."""
     found_parent = lambda: find_parent_run(study, uri, experiment_id)  # noqa: E731
     # Ray answers (and the cluster can hold every trial) before any run is touched.
     with study_lock(sweep_name(study), uri, found_parent) as found, ray_session(uri) as worker_uri:
@@ -87,18 +100,22 @@ def run_sweep(study: Study, experiment_file: Path | None = None) -> SweepResult:
             train_storage_path=f"{storage_path(study.tracking.storage_path)}/{tune_state_name(study, parent.run_id)}-train",
             journal_dir=str(journal_dir(study, parent.run_id)),
         )
-        status = "KILLED"  # unless the sweep ends or fails below: an interrupt or exit
+        status, reason = "KILLED", LEFT_BY_DEAD_TRIAL  # unless the sweep ends or fails below: an interrupt or exit
         finished: frozenset[str] = frozenset()
         try:
             result = _run_trials(study, trials, untuned, uri, context, parent, experiment_file)
             finished = frozenset(o.run_id for o in result.outcomes if o.status == "FINISHED" and o.run_id)
             status = "FAILED" if result.failed else "FINISHED"
             return result
-        except Exception:
+        except Exception as error:
             status = "FAILED"
+            if disk_full_cause(error):
+                reason = LEFT_BY_FULL_DISK
+                free_cut_short(study, parent.run_id)
+                parent.store_full = False  # with that space the runs can be ended
             raise
         finally:
-            close_orphans(uri, experiment_id, parent.run_id, LEFT_BY_DEAD_TRIAL, finished)
+            close_orphans(uri, experiment_id, parent.run_id, reason, finished)
             send_records(study, uri, parent.run_id, experiment_file)
             parent.end(status)
 
@@ -123,6 +140,17 @@ def _run_trials(
     return result
 
 
+def free_cut_short(study: Study, parent_run_id: str) -> None:
+    """After a full disk stopped the sweep (no trial runs any more): remove the checkpoints it cut short, which
+    no resume can use, so that the runs can be ended in an SQLite store on the same disk."""
+    from itstudy.training.checkpoints import remove_cut_short
+
+    storage = Path(storage_path(study.tracking.storage_path))
+    for state in storage.glob(f"{tune_state_name(study, parent_run_id)}*"):
+        for folder in remove_cut_short(state):
+            print(f"[{sweep_name(study)}] removed checkpoint {folder}: the full disk cut it short")
+
+
 # --- the metric records ------------------------------------------------------------------------
 
 
@@ -139,8 +167,8 @@ def send_records(study: Study, uri: str, parent_run_id: str, experiment_file: Pa
     """
     sent, unsent = sync_folder(journal_dir(study, parent_run_id), uri)
     name = sweep_name(study)
-    if sent:
-        print(f"[{name}] sent {sent} recorded metric values that MLflow ({uri}) did not have")
+    if sent.points or sent.artifacts:
+        print(f"[{name}] sent {sent.points} recorded metric values and {sent.artifacts} kept artifacts that MLflow ({uri}) did not have")
     if unsent:
         print(
             f"[{name}] {len(unsent)} runs have metrics not yet in MLflow ({uri}), kept in {journal_dir(study, parent_run_id)}: "

@@ -50,6 +50,7 @@ from itstudy.tracking import (
     RunLogger,
     TrackingError,
     check_tracking,
+    disk_full_named,
     get_or_create_run,
     get_run,
     measured_metrics,
@@ -88,7 +89,13 @@ def resolve_trial(config: dict[str, Any], context: SweepContext) -> Trial:
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """The Tune function trainable (see the module docstring)."""
+    """The Tune function trainable (see the module docstring); a full disk is raised as `DiskFull`, which the
+    sweep does not retry (`itstudy.sweep.tuning.StopOnDiskFull`)."""
+    with disk_full_named(context.tracking_uri, Path(context.journal_dir).parent):
+        _run_trial(config, context)
+
+
+def _run_trial(config: dict[str, Any], context: SweepContext) -> None:
     trial = resolve_trial(config, context)
     kind = config["trial"]["kind"]
     transformers.utils.logging.disable_progress_bar()  # a bar per checkpoint write floods the driver's log

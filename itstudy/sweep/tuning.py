@@ -15,9 +15,10 @@ retained one by `dev_exact_match`, never by a test figure.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.search.optuna import OptunaSearch
 
 from itstudy.config import DEV_PREFIX, Study
@@ -27,7 +28,7 @@ from itstudy.sweep.outcomes import TrialOutcome
 from itstudy.sweep.progress import Progress
 from itstudy.sweep.trainable import SweepContext, child_run_identity, resolve_trial, run_trial
 from itstudy.sweep.trials import Trial, sweep_name, untuned_trial
-from itstudy.tracking import RunLogger, find_runs
+from itstudy.tracking import RunLogger, disk_full_cause, find_runs
 
 
 def untuned_trials(study: Study, trials: list[Trial]) -> list[Trial]:
@@ -108,12 +109,33 @@ def make_tuner(
     run_config = tune.RunConfig(
         name=name,
         storage_path=storage,
-        callbacks=[progress],
+        callbacks=[progress, StopOnDiskFull()],
         verbose=0,  # Progress prints one line per event instead of Tune's tables
         failure_config=tune.FailureConfig(max_failures=study.train.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=study.train.checkpoints_to_keep),
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+class StopOnDiskFull(tune.Callback):
+    """Stop the sweep when a trial failed on a full disk: a retry would fail the same way, with thousands of
+    lines. Raised from Tune's loop, the trial's `DiskFull` ends `Tuner.fit`; Tune's saved state still
+    holds the trial as unfinished, so the rerun resumes it from its last checkpoint."""
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._stop_if_full(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._stop_if_full(trial)
+
+    @staticmethod
+    def _stop_if_full(trial) -> None:
+        # The driver's own copy of the trial's error (`trial.get_pickled_error()` reads the storage's copy,
+        # which a full disk never received); checked against Ray 2.60.
+        pickled = Path(trial.pickled_error_file) if trial.pickled_error_file else None
+        full = disk_full_cause(cloudpickle.loads(pickled.read_bytes())) if pickled and pickled.is_file() else None
+        if full is not None:
+            raise full
 
 
 class TrialNamer:

@@ -5,6 +5,7 @@
 - `runs`: runs created explicitly by id and found again by identity (`get_or_create_run`);
 - `logger`: `RunLogger`, which writes one run and maps how a block ended to the run's status;
 - `names`: metric names as MLflow holds them (per-task figures under `per_task/`) and back;
+- `disk`: a full disk recognised wherever it surfaces (`DiskFull`, one line);
 - `journal`: the write-ahead record of a run's metrics, replayed to MLflow once per (key, step);
 - `read`: a study read back for reports (runs as a DataFrame, artifacts, dataset digests).
 
@@ -16,6 +17,7 @@
         logger.log_metrics({"train_loss": 2.3}, step=10)
 """
 
+from itstudy.tracking.disk import DiskFull, disk_full_cause, disk_full_named
 from itstudy.tracking.journal import MetricJournal, replay, sync_folder
 from itstudy.tracking.logger import RunLogger
 from itstudy.tracking.names import PER_TASK_PREFIX, measured_metrics
@@ -52,6 +54,7 @@ from itstudy.tracking.store import (
 
 __all__ = [
     "COMPARISON_VIEW",
+    "DiskFull",
     "FAILURE_REASON_TAG",
     "TERMINAL_STATUSES",
     "FoundRun",
@@ -67,6 +70,8 @@ __all__ = [
     "check_writable",
     "comparison_view_link",
     "create_run",
+    "disk_full_cause",
+    "disk_full_named",
     "download_artifact",
     "ensure_experiment",
     "experiment_id_of",

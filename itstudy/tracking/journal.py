@@ -13,6 +13,8 @@ reached the record. A line cut short by a crash mid-write is ignored (it was nev
 
 A sweep keeps its records in `<storage>/<sweep>-run<parent run id>-journal/` and a copy travels inside each
 checkpoint (`metrics.jsonl`), so a trial resumed on another node starts from its record too.
+A text artifact MLflow did not take (`predictions.jsonl`, `task_metrics.csv` of a trial that ended
+during an outage) is kept beside the record, in `<run id>.artifacts/`, until a replay has uploaded it.
 `sync_folder` is what `itstudy sync` and every rerun of a study call.
 """
 
@@ -24,6 +26,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -35,6 +38,8 @@ CHECKPOINT_COPY = "metrics.jsonl"
 """The record's name inside a checkpoint folder."""
 SYNCED_SUFFIX = ".synced"
 """Beside a record: its size in bytes when MLflow last held all of it (a later sync skips it unread)."""
+ARTIFACTS_SUFFIX = ".artifacts"
+"""Beside a record: the folder of the run's text artifacts that MLflow has not taken yet."""
 
 
 class MetricJournal:
@@ -93,6 +98,29 @@ class MetricJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(copy, self.path)
 
+    @property
+    def artifacts(self) -> Path:
+        """The folder of artifacts kept for MLflow, laid out as in the run (`predictions.jsonl`, `sub/x.txt`)."""
+        return self.path.parent / (self.run_id + ARTIFACTS_SUFFIX)
+
+    def keep_artifact(self, text: str, artifact_file: str) -> Path:
+        """Keep a text artifact MLflow did not take, for the next replay; written whole or not at all."""
+        path = self.artifacts / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".partial-{path.name}")
+        with open(partial, "w") as kept:
+            kept.write(text)
+            kept.flush()
+            os.fsync(kept.fileno())
+        os.replace(partial, path)
+        return path
+
+    def kept_artifacts(self) -> list[Path]:
+        """The kept artifacts not uploaded yet (a write cut short by a crash left only a `.partial-` file)."""
+        if not self.artifacts.is_dir():
+            return []
+        return sorted(path for path in self.artifacts.rglob("*") if path.is_file() and not path.name.startswith(".partial-"))
+
     def mark_synced(self, size: int) -> None:
         """MLflow holds the first `size` bytes of the record (measured before they were read)."""
         (self.path.parent / (self.path.name + SYNCED_SUFFIX)).write_text(str(size))
@@ -132,33 +160,67 @@ class HeldPoints:
         self.keys.clear()
 
 
-def replay(journal: MetricJournal, uri: str) -> int:
-    """Send the store at `uri` the recorded points its run lacks; the number sent. Raises if MLflow
-    fails (nothing is lost: the record stays)."""
+class Sent(NamedTuple):
+    """What a replay sent MLflow."""
+
+    points: int
+    """Metric points it lacked."""
+    artifacts: int
+    """Kept artifacts it lacked."""
+
+
+def replay(journal: MetricJournal, uri: str) -> Sent:
+    """Send the store at `uri` the recorded points and kept artifacts its run lacks. Raises if MLflow
+    fails (nothing is lost: the record and the kept files stay)."""
+    client = MlflowClient(tracking_uri=uri)
+    return Sent(_send_points(journal, client), _send_artifacts(journal, client))
+
+
+def _send_points(journal: MetricJournal, client: MlflowClient) -> int:
     if journal.synced() or not journal.path.exists():
         return 0
-    client, run_id = MlflowClient(tracking_uri=uri), journal.run_id
     size = journal.path.stat().st_size  # lines appended while this runs are left for the next replay
-    points = HeldPoints(client, run_id).missing(journal.read())
+    points = HeldPoints(client, journal.run_id).missing(journal.read())
     for start in range(0, len(points), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
+        client.log_batch(journal.run_id, metrics=points[start : start + MAX_METRICS_PER_BATCH])
     journal.mark_synced(size)
     return len(points)
 
 
-def sync_folder(folder: Path, uri: str) -> tuple[int, list[str]]:
-    """Replay every record in `folder` to the store at `uri`: (points sent, ids of runs still unsent).
+def _send_artifacts(journal: MetricJournal, client: MlflowClient) -> int:
+    """Upload each kept artifact the run does not hold, then drop the local copy; idempotent (an upload
+    that arrived before a failure is not repeated)."""
+    sent = 0
+    for path in journal.kept_artifacts():
+        relative = path.relative_to(journal.artifacts)
+        folder = relative.parent.as_posix() if relative.parent != Path(".") else None
+        held = {info.path for info in client.list_artifacts(journal.run_id, folder)}
+        if relative.as_posix() not in held:
+            client.log_artifact(journal.run_id, str(path), folder)
+            sent += 1
+        path.unlink()
+    return sent
+
+
+def sync_folder(folder: Path, uri: str) -> tuple[Sent, list[str]]:
+    """Replay every record (and kept artifacts) in `folder` to the store at `uri`: (what was sent, ids of
+    runs still unsent).
 
     A record whose run the store does not have is reported unsent, never sent elsewhere.
     """
-    sent, unsent = 0, []
-    for path in sorted(Path(folder).glob("*.jsonl")):
+    folder = Path(folder)
+    run_ids = {path.stem for path in folder.glob("*.jsonl")} | {path.name[: -len(ARTIFACTS_SUFFIX)] for path in folder.glob("*" + ARTIFACTS_SUFFIX)}
+    points = artifacts = 0
+    unsent = []
+    for run_id in sorted(run_ids):
         try:
-            sent += replay(MetricJournal(path), uri)
+            sent = replay(MetricJournal(folder / f"{run_id}.jsonl"), uri)
         except Exception as error:  # report every run that could not be synced, not the first failure only
-            log.warning("metrics of run %s (%s) not sent: %s", path.stem, path, error)
-            unsent.append(path.stem)
-    return sent, unsent
+            log.warning("metrics of run %s (%s) not sent: %s", run_id, folder, error)
+            unsent.append(run_id)
+            continue
+        points, artifacts = points + sent.points, artifacts + sent.artifacts
+    return Sent(points, artifacts), unsent
 
 
 def _line(point: Metric) -> str:

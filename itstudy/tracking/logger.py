@@ -4,7 +4,7 @@ Params once (flattened, truncated), metrics in batches, artifacts and dataset li
 status. A failing write is retried, then reported as a warning: tracking never raises into
 training (mlflow#5269). With a `MetricJournal`, every metric point is recorded on disk first and
 MLflow gets each (key, step) exactly once: what an outage kept from it stays in the record for
-`itstudy sync` (see `itstudy.tracking.journal`). Used as a context manager it is the one place
+`itstudy sync` (see `itstudy.tracking.journal`), and so do the text artifacts it did not take. Used as a context manager it is the one place
 that turns how a block ended into the run's status: FINISHED, or FAILED (KILLED on Ctrl-C) with
 the traceback in error.txt.
 """
@@ -31,6 +31,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
 
 from itstudy.config import Study, config_digest, to_plain
 from itstudy.provenance import environment_info
+from itstudy.tracking.disk import is_disk_full
 from itstudy.tracking.journal import HeldPoints, MetricJournal
 from itstudy.tracking.names import mlflow_metric_name
 from itstudy.tracking.runs import STATUS_TAG, TERMINAL_STATUSES, tag_value
@@ -55,7 +56,10 @@ class RunLogger:
 
     Every write is retried `attempts` times with exponential backoff (SQLite answers "database is
     locked" under concurrent writers; servers restart), then given up with a warning: logging never
-    raises into training. Metrics that could not be sent stay buffered and go with the next flush.
+    raises into training. After such a failure no write is tried for `outage_pause_s`, so that a
+    trial in a long outage does not wait out the retries of every write (minutes per evaluation):
+    metrics stay buffered (and in the record) and go with the next flush after the pause; text
+    artifacts are kept beside the record for the replay.
     One logger per run and per thread; only rank 0 of a training run should hold one.
 
         with RunLogger(uri, run_id) as logger:   # FINISHED on exit; FAILED with error.txt on an exception
@@ -72,6 +76,7 @@ class RunLogger:
         attempts: int = 3,
         backoff_s: float = 0.5,
         journal: MetricJournal | None = None,
+        outage_pause_s: float = 60.0,
     ) -> None:
         self.uri = uri
         self.run_id = run_id
@@ -82,6 +87,10 @@ class RunLogger:
         self.backoff_s = backoff_s
         self.failures = 0
         """Writes given up after all attempts (tests and reports read it)."""
+        self.outage_pause_s = outage_pause_s
+        self._paused_until = 0.0
+        self.store_full = False
+        """The store answered that its disk is full: later writes are not tried (the sweep stops on it)."""
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self._params: dict[str, str] | None = None
@@ -100,16 +109,25 @@ class RunLogger:
         self.end("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
     def _attempt(self, what: str, call: Callable[[], Any]) -> bool:
+        # A full store would fail every write again (each with MLflow's traceback in the log); a store that
+        # did not answer is given `outage_pause_s` before the next write waits for it.
+        if self.store_full or time.monotonic() < self._paused_until:
+            self.failures += 1
+            log.debug("MLflow %s for run %s not tried: the store did not answer just before", what, self.run_id)
+            return False
         for attempt in range(self.attempts):
             try:
                 call()
                 return True
             except Exception as error:  # tracking must not stop the work; report and retry
-                refused = _refused(error)
+                self.store_full = is_disk_full(error)
+                refused = _refused(error) or self.store_full  # a full disk stays full while we wait
                 if refused or attempt + 1 == self.attempts:
                     self.failures += 1
                     how = "was refused" if refused else f"failed {self.attempts} times"
                     log.warning("MLflow %s for run %s %s, giving up: %s", what, self.run_id, how, error)
+                    if not refused:
+                        self._paused_until = time.monotonic() + self.outage_pause_s
                     return False
                 time.sleep(self.backoff_s * 2**attempt)
         return False
@@ -186,12 +204,21 @@ class RunLogger:
                 points.append(Metric(mlflow_metric_name(key), float(value), timestamp, int(step)))
             except (TypeError, ValueError):
                 log.warning("metric %r=%r is not a number; not logged", key, value)
-        if self.journal:
-            self.journal.append(points)
         self._pending.extend(points)
+        if self.journal:
+            self._record(points)
         due = time.monotonic() - self._last_flush >= self.flush_interval_s
         if len(self._pending) >= self.flush_every or due:
             self.flush()
+
+    def _record(self, points: list[Metric]) -> None:
+        """Append `points` to the record; if its disk is full, MLflow (a server may still answer) gets them now."""
+        try:
+            self.journal.append(points)
+        except OSError as error:
+            if is_disk_full(error):
+                self.flush()
+            raise
 
     def flush(self) -> bool:
         """Send buffered metrics now; what fails stays buffered for the next flush."""
@@ -220,7 +247,17 @@ class RunLogger:
     # --- artifacts and lineage -------------------------------------------------------------------
 
     def log_text(self, text: str, artifact_file: str) -> bool:
-        return self._attempt(f"log {artifact_file}", lambda: self.client.log_text(self.run_id, text, artifact_file))
+        """Write a text artifact; with a journal, one MLflow did not take is kept beside the record for the replay."""
+        if self._attempt(f"log {artifact_file}", lambda: self.client.log_text(self.run_id, text, artifact_file)):
+            return True
+        if self.journal:
+            try:
+                kept = self.journal.keep_artifact(text, artifact_file)
+                log.warning("%s of run %s kept in %s for `itstudy sync`", artifact_file, self.run_id, kept)
+            except OSError as error:  # a full disk: the artifact is lost, the training goes on
+                log.warning("%s of run %s could not be kept either: %s", artifact_file, self.run_id, error)
+        return False
+
 
     def log_dict_yaml(self, obj: Any, artifact_file: str) -> bool:
         """Write `obj` as YAML in its own key order (MLflow's log_dict sorts keys)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,18 @@ def seal_checkpoint(folder: Path) -> None:
 def checkpoint_problem(folder: Path) -> str | None:
     """Why `folder` cannot be resumed from (no manifest, a file missing or of another size, an
     unreadable trainer state), or None if it is whole."""
+    problem = cut_short(folder)
+    if problem:
+        return problem
+    try:
+        torch.load(folder / TRAINER_STATE, weights_only=False)
+    except Exception as error:  # any failure to load means this checkpoint cannot be resumed
+        return f"{TRAINER_STATE} does not load ({type(error).__name__})"
+    return None
+
+
+def cut_short(folder: Path) -> str | None:
+    """Why `folder` is not a whole checkpoint as written (no manifest, a file missing or of another size), or None."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
         return f"no {MANIFEST}: the checkpoint was cut short while written"
@@ -81,11 +94,18 @@ def checkpoint_problem(folder: Path) -> str | None:
         if not path.is_file() or path.stat().st_size != size:
             found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
             return f"{name} is {found}, {size} bytes were written"
-    try:
-        torch.load(folder / TRAINER_STATE, weights_only=False)
-    except Exception as error:  # any failure to load means this checkpoint cannot be resumed
-        return f"{TRAINER_STATE} does not load ({type(error).__name__})"
     return None
+
+
+def remove_cut_short(root: Path) -> list[Path]:
+    """Delete the checkpoint folders under `root` that were cut short while written (a full disk), which no
+    resume can use, to give their space back; the folders removed. Only while no trial runs."""
+    removed = []
+    for folder in sorted(Path(root).glob(f"**/{CHECKPOINT_PREFIX}*")):
+        if folder.is_dir() and cut_short(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def usable_checkpoint(restored: Path | None) -> Path | None:

@@ -64,6 +64,7 @@ from itstudy.training.models import (
     t5_tokenizer_location,
 )
 from itstudy.training.prepare import prepare_run
+from itstudy.training.rendezvous import LoopbackTorchConfig
 from itstudy.training.reporter import RayTrainReporter
 
 
@@ -193,6 +194,7 @@ def build_trainer(job: WorkerJob, *, run_name: str, storage_path: str, callbacks
     return TorchTrainer(
         train_worker,
         train_loop_config={"job": job},
+        torch_config=LoopbackTorchConfig(),  # the rendezvous store on 127.0.0.1 when every worker is on a loopback node
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.gpus_per_worker > 0,
