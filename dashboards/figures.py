@@ -63,13 +63,21 @@ DIVERSITY_LABEL = {"exact_match": "EM", "label_space_rate": "in label space", "r
 
 def diversity_curve(table: pd.DataFrame, split: str) -> bytes:
     """Each logged metric of `analysis.diversity_table` against the number of training tasks (log scale)."""
-    metrics = [metric for metric in DIVERSITY_METRICS if metric in set(table["metric"])]
+    figure, _ = _metric_panels(table, DIVERSITY_METRICS, DIVERSITY_LABEL, "num_train_tasks", "training tasks", split)
+    return _png(figure)
+
+
+def _metric_panels(table: pd.DataFrame, metrics, labels: dict, size_column: str, x_label: str, split: str):
+    """One panel per logged metric, each condition's `_curve` against `size_column`; the figure and its (axes, rows)."""
+    metrics = [metric for metric in metrics if metric in set(table["metric"])]
     figure = Figure(figsize=(5.0 * len(metrics), 4.2))
+    panels = []
     for index, metric in enumerate(metrics):
         axes = figure.add_subplot(1, len(metrics), index + 1)
-        rows = table[table["metric"] == metric].rename(columns={"num_train_tasks": "size"})
-        _curve(axes, rows, "training tasks", f"{DIVERSITY_LABEL[metric]} (%)", f"{split} test tasks: mean and 95% CI")
-    return _png(figure)
+        rows = table[table["metric"] == metric].rename(columns={size_column: "size"})
+        _curve(axes, rows, x_label, f"{labels[metric]} (%)", f"{split} test tasks: mean and 95% CI")
+        panels.append((axes, rows))
+    return figure, panels
 
 
 SCALE_LABEL = {"exact_match": "EM", "label_space_rate": "in label space"}
@@ -77,12 +85,8 @@ SCALE_LABEL = {"exact_match": "EM", "label_space_rate": "in label space"}
 
 def scale_curve(table: pd.DataFrame, split: str) -> bytes:
     """Each logged metric of `scale.scale_table` against the parameter count (log scale), untuned as its own line."""
-    metrics = [metric for metric in SCALE_METRICS if metric in set(table["metric"])]
-    figure = Figure(figsize=(5.0 * len(metrics), 4.2))
-    for index, metric in enumerate(metrics):
-        axes = figure.add_subplot(1, len(metrics), index + 1)
-        rows = table[table["metric"] == metric].rename(columns={"parameters": "size"})
-        _curve(axes, rows, "parameters", f"{SCALE_LABEL[metric]} (%)", f"{split} test tasks: mean and 95% CI")
+    figure, panels = _metric_panels(table, SCALE_METRICS, SCALE_LABEL, "parameters", "parameters", split)
+    for axes, rows in panels:
         counts = sorted(rows["size"].dropna().astype(int).unique())
         axes.set_xticks(counts, [_count(count) for count in counts])  # 77M reads better than 76961152
         axes.minorticks_off()

@@ -31,11 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ours: micro-batches of at most this many padded source + target tokens, lengths bucketed "
                             "(the global batch stays --batch x --accumulation sequences); default: --batch sequences")
     train.add_argument("--steps", type=int, default=20, help="optimiser steps (one epoch of steps x global batch examples)")
-    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--threads", type=int, help="CPU threads for both sides (default: torch's)")
-    train.add_argument("--repeats", type=int, default=3, help="alternate the sides this many rounds; report medians (default 3)")
-    train.add_argument("--lengths", help="length profile JSON (default: the SuperNI profile shipped with itstudy)")
+    _add_measuring_arguments(train)
     train.add_argument("--no-hf", action="store_true", help="measure ours only")
     train.add_argument("--hf-group-by-length", action="store_true", help="also run Seq2SeqTrainer with group_by_length")
     train.add_argument("--no-hf-defaults", action="store_true",
@@ -49,17 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-source", type=int, default=1024, help="source tokens kept (default 1024)")
     evaluate.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated at most (eval.max_new_tokens: 32)")
     evaluate.add_argument("--batch", type=int, default=32, help="prompts per generate call, length-sorted (eval.batch_size: 32)")
-    evaluate.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    evaluate.add_argument("--repeats", type=int, default=3, help="alternate the sides this many rounds; report medians (default 3)")
-    evaluate.add_argument("--lengths", help="length profile JSON (default: the SuperNI profile shipped with itstudy)")
+    _add_measuring_arguments(evaluate)
     evaluate.add_argument("--out", help="write the results as JSON here")
     profile = commands.add_parser("profile", help="measure SuperNI prompt lengths into the profile file")
     profile.add_argument("--max-source", type=int, default=1024)
     profile.add_argument("--max-target", type=int, default=128)
     profile.add_argument("--out", help="default: the profile shipped with itstudy")
     return parser
+
+
+def _add_measuring_arguments(command: argparse.ArgumentParser) -> None:
+    """What `bench train` and `bench eval` both take: how to measure, on which lengths."""
+    command.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--threads", type=int, help="CPU threads for every side (default: torch's)")
+    command.add_argument("--repeats", type=int, default=3, help="alternate the sides this many rounds; report medians (default 3)")
+    command.add_argument("--lengths", help="length profile JSON (default: the SuperNI profile shipped with itstudy)")
 
 
 def parse_bench_args(argv: list[str]) -> argparse.Namespace:
