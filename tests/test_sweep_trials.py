@@ -66,6 +66,12 @@ def test_trials_that_differ_only_in_training_share_their_test_set_and_baselines(
     assert evaluation_set_key(with_overrides(base, {"data.test_task_kind": "classification"})) != evaluation_set_key(base)
 
 
+def test_a_study_without_dev_tasks_has_an_evaluation_set():
+    # It chooses nothing on dev (select_on: last); the key's probe must not be refused for lacking dev tasks.
+    dev_less = load_study(DEMO, ["data.dev_tasks=0", "eval.select_on=last"])
+    assert evaluation_set_key(dev_less) != evaluation_set_key(load_study(DEMO))
+
+
 def test_untuned_baseline_is_shared_across_data_sizes_unless_the_tokenizer_learns_from_them():
     grid = {"data.instances_per_task": [10, 50], "seed": [1, 2]}
     pretrained_vocab = _study(baselines=["untuned"], model={"tokenizer": "t5"}, grid=grid)
