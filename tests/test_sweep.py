@@ -49,7 +49,8 @@ def _runs(kind: str | None = None):
 
 def test_optuna_search_over_the_learning_rate_nests_its_trials_under_the_sweep(tmp_path):
     space = "search={space: {train.learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}, num_samples: 3}"
-    study = load_study(REPO / DEMO, [*TINY, "grid={seed: [1]}", space])
+    # The demo chooses nothing and so holds out no dev tasks; a search chooses, on dev tasks only.
+    study = load_study(REPO / DEMO, [*TINY, "grid={seed: [1]}", "data.dev_tasks=4", "eval.select_on=dev", space])
 
     result = run_sweep(study)
 

@@ -67,9 +67,11 @@ def test_trials_that_differ_only_in_training_share_their_test_set_and_baselines(
 
 
 def test_a_study_without_dev_tasks_has_an_evaluation_set():
-    # It chooses nothing on dev (select_on: last); the key's probe must not be refused for lacking dev tasks.
-    dev_less = load_study(DEMO, ["data.dev_tasks=0", "eval.select_on=last"])
-    assert evaluation_set_key(dev_less) != evaluation_set_key(load_study(DEMO))
+    # The demo chooses nothing and holds out no dev tasks (select_on: last); the key's probe must
+    # not be refused for lacking them, and dev tasks (evaluated beside the test tasks) change it.
+    dev_less = load_study(DEMO)
+    assert dev_less.data.dev_tasks == 0
+    assert evaluation_set_key(dev_less) != evaluation_set_key(load_study(DEMO, ["data.dev_tasks=4", "eval.select_on=dev"]))
 
 
 def test_untuned_baseline_is_shared_across_data_sizes_unless_the_tokenizer_learns_from_them():
@@ -169,7 +171,7 @@ def test_table_shows_format_metrics_and_the_paired_bootstrap_verdict_against_the
         Row("majority", {s: _seed_metrics(40.0, s, 100.0) for s in (1, 2, 3)}, 3, True),
     ]
     lines = format_table("title", rows, TABLE_TASKS).splitlines()
-    assert lines[0] == "title (test tasks; every choice was made on dev tasks)"
+    assert lines[0] == "title (test tasks; nothing was chosen on them)"
     header = lines[1].split()
     assert header[:6] == ["configuration", "seeds", "exact_match", "rougeL", "label_space_rate", "rank_exact_match"]
     # 10 points above random on every task and seed: the whole CI is above 0.

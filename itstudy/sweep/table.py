@@ -29,7 +29,7 @@ FORMAT_METRICS = ("label_space_rate", "rank_exact_match")
 WHEN_LOGGED = ("rank_exact_match",)
 """Columns the table shows only when a run logged them (model-free baselines have no rank EM)."""
 VERSUS = "vs best baseline (EM, paired by task and seed, 95% CI)"
-SPLIT_NOTE = "test tasks; every choice was made on dev tasks"
+SPLIT_NOTE = "test tasks; nothing was chosen on them"
 
 
 @dataclass(frozen=True)
