@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from itstudy.config import ConfigError, gradient_accumulation
-from itstudy.config.spec import TrainConfig
+from itstudy.config import TrainConfig
 from itstudy.training.batching import LengthBuckets, TokenBudget, length_buckets, padded_length
 from itstudy.training.engine import CausalExample, Seq2SeqExample, StepPlan, collate, token_budget, train_step
 from itstudy.training.models import new_t5, t5_config

@@ -13,7 +13,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from itstudy.config import load_study
-from itstudy.config.spec import ConfigError
+from itstudy.config import ConfigError
 from itstudy.training.evaluate import EvalItem, generate_predictions
 from itstudy.training.fast_t5 import FastT5
 from itstudy.training.models import ModelSpecError, build_model, check_implementation, llama_config, new_llama

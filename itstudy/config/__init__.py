@@ -1,4 +1,5 @@
-"""The study config: the typed spec (`spec`), reading it from files and overrides (`loading`),
+"""The study config: the typed spec (`spec`, with its shared base in `base` and the sections on
+where and how a study runs in `running`), reading it from files and overrides (`loading`),
 and its digest (`digest`). Import from here:
 
     from itstudy.config import Study, load_study
@@ -13,22 +14,19 @@ from itstudy.config.digest import (
     identity_digest,
     to_plain,
 )
+from itstudy.config.base import DEV_PREFIX, ConfigError
 from itstudy.config.loading import at_grid_point, load_study, study_from_dict, with_overrides
+from itstudy.config.running import ResourcesConfig, SearchConfig, TrackingConfig
 from itstudy.config.spec import (
-    DEV_PREFIX,
     SUPERNI_COMMIT,
     BaselineName,
     ClassificationRule,
-    ConfigError,
     DataConfig,
     EvalConfig,
     ModelConfig,
     ModelFreeBaselineName,
-    ResourcesConfig,
-    SearchConfig,
     Study,
     SyntheticConfig,
-    TrackingConfig,
     TrainConfig,
     VariantConfig,
     gradient_accumulation,

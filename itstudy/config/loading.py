@@ -17,7 +17,9 @@ from typing import Any, Hashable, Iterable
 import yaml
 from pydantic import ValidationError
 
-from itstudy.config.spec import ConfigError, ResourcesConfig, Study
+from itstudy.config.base import ConfigError
+from itstudy.config.running import ResourcesConfig
+from itstudy.config.spec import Study
 
 # --- the YAML dialect ---------------------------------------------------------------------------
 

@@ -8,13 +8,13 @@ computed here from the knobs, never configured twice.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from itstudy.errors import UserError
+from itstudy.config.base import ConfigError, SafeName, Spec, _int_is_a_float, _lenient_path
+from itstudy.config.running import ResourcesConfig, SearchConfig, TrackingConfig
 from itstudy.training.shapes import CAUSAL_SHAPES
 
 # The SuperNI commit that on-demand downloads read; every run logs it.
@@ -24,43 +24,6 @@ ModelFreeBaselineName = Literal["random", "majority", "majority_oracle", "copy_d
 """Baselines that need no model (`itstudy.baselines` registers one function per name)."""
 BaselineName = Literal[ModelFreeBaselineName, "untuned"]
 """Every baseline a study can run: the model-free ones and the untuned model beside each trial."""
-
-
-DEV_PREFIX = "dev_"
-"""Metrics measured on the dev tasks are logged as dev_<metric>; every choice reads only these."""
-
-
-class ConfigError(UserError):
-    """A study spec that cannot be run; the message names the file and the field."""
-
-
-class Spec(BaseModel):
-    """Base of every config section: unknown keys and silent type coercion are refused."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True, allow_inf_nan=False)
-
-
-def _lenient_path(value: Any) -> Any:
-    # YAML has no path type; accept strings for Path fields even in strict mode.
-    return Path(value).expanduser() if isinstance(value, str) else value
-
-
-def _int_is_a_float(value: Any) -> Any:
-    # YAML writes 1 and 1e-4 as int and float; an int is a valid float here.
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def _safe_name(value: str) -> str:
-    # These names become folder names and MLflow experiment names.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value) or ".." in value:
-        raise ValueError(
-            "not a safe name: start with a letter or digit, then use only letters, digits, "
-            "'_', '.' and '-' (no '..'); it names folders and the MLflow experiment"
-        )
-    return value
-
-
-SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class ClassificationRule(Spec):
@@ -310,81 +273,6 @@ class EvalConfig(Spec):
     """Also score each classification label by log-likelihood and log rank_exact_match (one teacher-forced pass per label)."""
     select_on: Literal["dev", "last"] = "dev"
     """Which checkpoint a trial keeps as its result: dev: the best dev_exact_match (dev tasks only, never test); last: the final one."""
-
-
-class ModelResources(Spec):
-    """One model's resources over a `model.name` axis; a field left out keeps the study's value."""
-
-    workers_per_trial: int | None = Field(None, ge=1)
-    """Data-parallel workers per training run of this model."""
-    cpus_per_worker: float | None = Field(None, gt=0)
-    """CPUs per worker of this model."""
-    gpus_per_worker: float | None = Field(None, ge=0)
-    """GPUs per worker of this model (its untuned baseline takes one worker's share)."""
-
-    _floats = field_validator("cpus_per_worker", "gpus_per_worker", mode="before")(_int_is_a_float)
-
-
-class ResourcesConfig(Spec):
-    """What one trial takes from the cluster."""
-
-    workers_per_trial: int = Field(1, ge=1)
-    """Data-parallel workers per training run (1: a plain Tune trial, >1: a TorchTrainer inside the trial)."""
-    cpus_per_worker: float = Field(1.0, gt=0)
-    """CPUs per worker."""
-    gpus_per_worker: float = Field(0.0, ge=0)
-    """GPUs per worker; a fraction lets several small trials share one GPU."""
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    """Cap on trials in flight; default: what the cluster's resources allow."""
-    per_model: dict[str, ModelResources] = {}
-    """Model name (a value of grid.model.name) -> its workers and CPUs/GPUs per worker, e.g. a 7B model on 8 GPUs, t5-small on 1."""
-
-    _floats = field_validator("cpus_per_worker", "gpus_per_worker", mode="before")(_int_is_a_float)
-
-    def of_model(self, name: str) -> "ResourcesConfig":
-        """The resources of a trial of model `name`: its per_model entry over these, per_model emptied."""
-        chosen = self.per_model[name].model_dump(exclude_none=True) if name in self.per_model else {}
-        return self.model_copy(update={**chosen, "per_model": {}})
-
-
-class SearchConfig(Spec):
-    """An optional Optuna search nested under the grid."""
-
-    space: dict[str, dict[str, Any]] = {}
-    """Dotted key -> {type: loguniform|uniform|choice, low, high | values}."""
-    num_samples: int = Field(4, ge=1)
-    """Trials Optuna proposes per grid point."""
-    metric: str = "dev_exact_match"
-    """The metric Optuna optimises: a dev metric (dev_<metric>), so that no choice looks at the test tasks."""
-    mode: Literal["max", "min"] = "max"
-    """Whether the metric is maximised or minimised."""
-
-    @field_validator("metric")
-    @classmethod
-    def _dev_only(cls, value: str) -> str:
-        if not value.startswith(DEV_PREFIX):
-            raise ValueError(
-                f"a search chooses on dev metrics only, so that test numbers stay unseen; use {DEV_PREFIX}{value} "
-                f"(data.dev_tasks sets the dev split)"
-            )
-        return value
-
-
-class TrackingConfig(Spec):
-    """Where results go."""
-
-    tracking_uri: str | None = None
-    """MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///$ITSTUDY_HOME/mlflow.db."""
-    experiment: SafeName | None = None
-    """MLflow experiment name; default: the study name."""
-    storage_path: Path | None = None
-    """Absolute folder (or URI) for Ray checkpoints; default: $ITSTUDY_HOME/ray_results."""
-    system_metrics: bool = True
-    """Log MLflow's system metrics (CPU, memory, disk, network, GPU; `system/...`) every 10 s on training runs."""
-    log_model: bool = False
-    """Log each training run's final model and tokenizer (`model/`), registered as a version of the study's model."""
-
-    _paths = field_validator("storage_path", mode="before")(_lenient_path)
 
 
 UNSWEPT_KEYS = ("grid", "search", "name")
