@@ -188,13 +188,18 @@ def diversity_table(scores: pd.DataFrame) -> pd.DataFrame:
                     headline_split(scores))  # fmt: skip
     trial = part["kind"] == TRIAL
     part = part.assign(line=part["line"].where(trial, part["condition"]), num_train_tasks=part["num_train_tasks"].where(trial))
+    return curve_rows(part, "num_train_tasks", DIVERSITY_METRICS)
+
+
+def curve_rows(part: pd.DataFrame, size_column: str, metrics) -> pd.DataFrame:
+    """The estimate of every logged metric per (kind, line, size): the rows a size curve draws."""
     rows = []
-    for (kind, line, n), group in part.groupby(["kind", "line", "num_train_tasks"], dropna=False, sort=True):
-        for metric in DIVERSITY_METRICS:
+    for (kind, line, size), group in part.groupby(["kind", "line", size_column], dropna=False, sort=True):
+        for metric in metrics:
             if metric in group and group[metric].notna().any():
-                rows.append({"kind": kind, "condition": line, "num_train_tasks": n, "metric": metric,
+                rows.append({"kind": kind, "condition": line, size_column: size, "metric": metric,
                              **_estimate_row(estimate_cell(group, metric))})  # fmt: skip
-    return pd.DataFrame(rows).astype({"num_train_tasks": "Int64"})
+    return pd.DataFrame(rows).astype({size_column: "Int64"})
 
 
 # --- verdicts --------------------------------------------------------------------------------------

@@ -16,11 +16,10 @@ scores). Output: plain DataFrames that the report renders and draws.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
 
 import pandas as pd
 
-from dashboards.analysis import estimate_cell, headline_split, split_of
+from dashboards.analysis import curve_rows, headline_split, split_of
 from dashboards.runs import BASELINE, TRIAL
 from itstudy.tables import mean_sd
 
@@ -113,10 +112,4 @@ def scale_table(scores: pd.DataFrame) -> pd.DataFrame:
     # A model's size is its smallest logged count: LoRA runs count their adapters too.
     size_of = scores.groupby("model")["parameters"].min()
     part = part.assign(line=line, parameters=part["model"].map(size_of).where(modelled))
-    rows = []
-    for (kind, name, count), group in part.groupby(["kind", "line", "parameters"], dropna=False, sort=True):
-        for metric in SCALE_METRICS:
-            if metric in group and group[metric].notna().any():
-                rows.append({"kind": kind, "condition": name, "parameters": count, "metric": metric,
-                             **asdict(estimate_cell(group, metric))})  # fmt: skip
-    return pd.DataFrame(rows).astype({"parameters": "Int64"})
+    return curve_rows(part, "parameters", SCALE_METRICS)
